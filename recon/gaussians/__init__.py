@@ -1,0 +1,5 @@
+"""Gaussian parameters, their initialisation from point clouds / point maps, densification."""
+
+from recon.gaussians.model import SH_C0, Gaussians, num_sh_bases, rgb_to_sh0, sh0_to_rgb
+
+__all__ = ["SH_C0", "Gaussians", "num_sh_bases", "rgb_to_sh0", "sh0_to_rgb"]
