@@ -1,0 +1,34 @@
+"""Shared test fixtures: paths to ../shared data and fixtures (tests skip cleanly when absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data"
+SHARED_FIXTURES = SHARED / "fixtures"
+
+
+def shared_scene(name: str) -> Path:
+    """Path of a scene in ../shared/data, or skip the test when it is not there."""
+    p = SHARED_DATA / name
+    if not p.is_dir():
+        pytest.skip(f"../shared/data/{name} is not available on this machine")
+    return p
+
+
+def shared_fixture(*parts: str) -> Path:
+    p = SHARED_FIXTURES.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"../shared/fixtures/{'/'.join(parts)} is not available on this machine")
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
