@@ -1,0 +1,109 @@
+"""``recon`` command line: a thin tyro layer over the Python API (:mod:`recon.pipeline`).
+
+Exit codes: 0 ok, 2 user error (one line on stderr), 1 internal error, 130 interrupted.
+Set ``RECON_DEBUG=1`` to see full tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+
+from recon.errors import ReconError
+from recon.pipeline import ReconConfig
+
+
+@dataclass
+class RunArgs:
+    """Reconstruct Gaussians and camera poses from an image folder or a dataset folder."""
+
+    path: tyro.conf.Positional[Path]
+    """An image folder, or a dataset (COLMAP, LLFF, NeRF transforms.json, Middlebury, DTU, Strecha)."""
+    out: Path = Path("outputs/run")
+    """Output folder (point_cloud.ply, cameras.json, sparse/0, renders/, metrics.json)."""
+    resume: bool = False
+    """Continue an interrupted run in OUT from its cached prior and last checkpoint."""
+    viewer: bool = False
+    """Show the scene live in the browser while training (needs the 'viewer' extra)."""
+    port: int = 8080
+    """Viewer port (a free one is picked when it is taken)."""
+    config: Annotated[ReconConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=ReconConfig)
+
+
+@dataclass
+class DemoArgs:
+    """Reconstruct the embedded synthetic demo scene (known poses) and report held-out PSNR."""
+
+    out: Path = Path("outputs/demo")
+    iters: int = 1000
+    """Optimisation steps."""
+
+
+def _run(args: RunArgs) -> int:
+    from recon.pipeline import run
+
+    callback, viewer = None, None
+    if args.viewer:
+        from viewer.live import LiveViewer  # imported only when asked for
+
+        viewer = LiveViewer(port=args.port)
+        callback = viewer.callback
+    try:
+        recon = run(args.path, args.out, args.config, resume=args.resume, callback=callback)
+    finally:
+        if viewer is not None:
+            viewer.close()
+    _print_summary(recon.metrics, args.out)
+    return 0
+
+
+def _demo(args: DemoArgs) -> int:
+    from recon.demo import run_demo
+
+    metrics = run_demo(args.out, iters=args.iters)
+    _print_summary(metrics, args.out)
+    return 0
+
+
+def _print_summary(metrics: dict, out: Path) -> None:
+    parts = []
+    if "train" in metrics:
+        parts.append(f"train PSNR {metrics['train']['psnr']:.2f} dB")
+    if "test" in metrics:
+        parts.append(f"held-out PSNR {metrics['test']['psnr']:.2f} dB, SSIM {metrics['test']['ssim']:.3f}")
+    if "seconds" in metrics:
+        parts.append(f"{metrics['seconds']:.0f} s")
+    print(f"recon: {', '.join(parts)}")
+    print(f"recon: outputs written to {Path(out).resolve()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    commands = {"run": (RunArgs, _run), "demo": (DemoArgs, _demo)}
+    try:
+        args = tyro.extras.subcommand_cli_from_dict(
+            {name: t for name, (t, _) in commands.items()}, args=sys.argv[1:] if argv is None else argv,
+            prog="recon",
+        )
+        handler = next(h for t, h in commands.values() if isinstance(args, t))
+        return handler(args)
+    except ReconError as e:
+        print(f"recon: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("recon: interrupted; outputs written so far are complete (use --resume to continue)", file=sys.stderr)
+        return 130
+    except Exception as e:  # an internal error: one line unless debugging
+        if os.environ.get("RECON_DEBUG"):
+            raise
+        print(f"recon: internal error: {type(e).__name__}: {e} (set RECON_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

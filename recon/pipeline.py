@@ -1,0 +1,224 @@
+"""The Python API: ``reconstruct(views, config) -> Reconstruction`` and ``run(path, out, config)``.
+
+Stages (one package each): io (views) -> priors (cameras + point maps) -> gaussians (initialisation) ->
+optim (joint optimisation of Gaussians and poses) -> eval (held-out views) -> io.export (files).
+The CLI (:mod:`recon.cli`) is a thin layer over :func:`run`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import torch
+import tyro
+
+from recon.errors import ReconError
+from recon.eval.metrics import pose_metrics
+from recon.eval.novel_view import align_reference_cameras, evaluate_test_views, score_views
+from recon.gaussians.init import InitConfig, init_from_prior
+from recon.optim.trainer import TrainConfig, TrainState, render_images, train
+from recon.priors import PriorConfig, dense_prior_for_cameras, make_prior
+from recon.priors.base import PriorResult
+from recon.reconstruction import Reconstruction
+from recon.views import Views
+
+
+@dataclass
+class ReconConfig:
+    """Everything a run needs; the CLI exposes every field (``recon run --help``)."""
+
+    poses: Literal["prior", "dataset"] = "prior"
+    """Camera poses: estimated by the geometry prior (pose-free, the default) or read from the dataset."""
+    max_side: int = 512
+    """Images are resized so that their long side is at most this many pixels."""
+    test_every: int = 0
+    """Hold out every K-th image (index 0, K, 2K, ...) as a test view (LLFF uses 8); 0 keeps all."""
+    test_pose_iters: int = 300
+    """With estimated poses, refine each held-out camera's pose against the frozen Gaussians for this many
+    steps before scoring it (InstantSplat's protocol); the initial pose is the aligned reference pose."""
+    device: str = "auto"
+    """'auto' (CUDA when available, else CPU), 'cpu' or 'cuda'."""
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    init: InitConfig = field(default_factory=InitConfig)
+    train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TrainConfig)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ReconError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+    return torch.device(name)
+
+
+def split_views(views: Views, test_every: int) -> tuple[Views, Views | None]:
+    """Hold out views 0, K, 2K, ... (the LLFF protocol) when ``test_every`` = K > 0."""
+    if test_every <= 0:
+        return views, None
+    test = [i for i in range(len(views)) if i % test_every == 0]
+    train_ids = [i for i in range(len(views)) if i % test_every != 0]
+    if len(train_ids) < 2:
+        raise ReconError(f"--test-every {test_every} leaves fewer than 2 training views of {len(views)}")
+    return views.subset(train_ids), views.subset(test)
+
+
+def estimate_geometry(views: Views, cfg: ReconConfig, device: torch.device) -> PriorResult:
+    """Cameras and point maps of the training views: from the prior, or the dataset's poses + dense stereo."""
+    if cfg.poses == "dataset":
+        if views.cameras is None:
+            raise ReconError(
+                f"--poses dataset needs a dataset with camera poses, but {views.root or 'the input'} is a "
+                "plain image folder; use --poses prior"
+            )
+        return dense_prior_for_cameras(views, views.cameras, cfg.prior)
+    prior = make_prior(cfg.prior, device)
+    return prior(views)
+
+
+def _training_views(views: Views, prior: PriorResult) -> Views:
+    placed = prior.cameras.names
+    if len(placed) < len(views):
+        return views.subset(placed)
+    return views
+
+
+def reconstruct(
+    views: Views,
+    cfg: ReconConfig | None = None,
+    *,
+    prior: PriorResult | None = None,
+    ckpt_dir: Path | None = None,
+    resume: bool = False,
+    callback: Callable[[TrainState], None] | None = None,
+    progress: bool = True,
+) -> Reconstruction:
+    """Reconstruct Gaussians and cameras from ``views`` (the training images).
+
+    Args:
+        views: training views (reference cameras in ``views.cameras`` are used only with poses="dataset").
+        cfg: configuration; defaults to :class:`ReconConfig()`.
+        prior: a precomputed geometry prior (skips that stage, e.g. when resuming).
+        ckpt_dir: where the trainer keeps its checkpoints; ``resume`` continues from them.
+        callback: called by the trainer with its state every few steps (the live viewer).
+    """
+    cfg = cfg or ReconConfig()
+    device = resolve_device(cfg.device)
+    if len(views) < 2:
+        raise ReconError(f"need at least 2 views to reconstruct, got {len(views)}")
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    if prior is None:
+        prior = estimate_geometry(views, cfg, device)
+    timings["prior"] = time.perf_counter() - t0
+    if len(prior.cameras) < 2:
+        reasons = "; ".join(f"{k}: {v}" for k, v in prior.failed.items())
+        raise ReconError(f"could place only {len(prior.cameras)} of {len(views)} views ({reasons})")
+    train_views = _training_views(views, prior)
+
+    t1 = time.perf_counter()
+    gaussians, init_stats = init_from_prior(prior, cfg.init)
+    timings["init"] = time.perf_counter() - t1
+
+    t2 = time.perf_counter()
+    result = train(
+        gaussians.to(device),
+        prior.cameras.to(device),
+        train_views.images.to(device),
+        cfg.train,
+        ckpt_dir=ckpt_dir,
+        resume=resume,
+        callback=callback,
+        progress=progress,
+    )
+    timings["train"] = time.perf_counter() - t2
+
+    with torch.no_grad():
+        renders = render_images(result.gaussians, result.cameras, None)
+    train_scores = score_views(renders.cpu(), train_views.images, train_views.names)
+    metrics: dict = {
+        "train": {"psnr": train_scores.psnr, "ssim": train_scores.ssim},
+        "views": {"total": len(views), "registered": len(prior.cameras), "failed": prior.failed},
+        "num_gaussians": len(result.gaussians),
+        "init": init_stats,
+        "prior": prior.info,
+        "timings": timings,
+    }
+    if views.cameras is not None and cfg.poses == "prior":
+        ref = views.cameras.subset(prior.cameras.names)
+        metrics["poses"] = {
+            "prior": pose_metrics(prior.cameras.w2c, ref.w2c),
+            "optimised": pose_metrics(result.cameras.w2c.cpu(), ref.w2c),
+        }
+    return Reconstruction(
+        cameras=result.cameras.to("cpu"),
+        initial_cameras=prior.cameras,
+        gaussians=result.gaussians.detach().to("cpu"),
+        views=train_views,
+        prior=prior,
+        metrics=metrics,
+    )
+
+
+def evaluate_held_out(recon: Reconstruction, test_views: Views, cfg: ReconConfig) -> tuple[dict, torch.Tensor]:
+    """Scores of held-out views; their reference cameras are brought into the reconstruction's frame.
+
+    With dataset poses the frames coincide; with estimated poses a similarity is fitted on the training
+    cameras and each test pose is refined against the frozen Gaussians (``test_pose_iters`` steps).
+    """
+    if test_views.cameras is None:
+        raise ReconError("held-out views need reference poses; this input has none (drop --test-every)")
+    if cfg.poses == "dataset":
+        cams, iters = test_views.cameras, 0
+    else:
+        ref_train = recon.views.cameras.subset(recon.cameras.names)
+        cams = align_reference_cameras(recon.cameras, ref_train, test_views.cameras)
+        iters = cfg.test_pose_iters
+    scores, renders, _ = evaluate_test_views(recon.gaussians, cams, test_views.images, fit_pose_iters=iters)
+    return {"psnr": scores.psnr, "ssim": scores.ssim, "per_view": scores.per_view}, renders
+
+
+def run(
+    path: Path | Views,
+    out: Path,
+    cfg: ReconConfig | None = None,
+    *,
+    resume: bool = False,
+    callback: Callable[[TrainState], None] | None = None,
+    progress: bool = True,
+) -> Reconstruction:
+    """Load ``path`` (an image folder or dataset, or ready ``Views``), reconstruct, evaluate held-out views,
+    and write every output into ``out``. With ``resume`` a cached prior and trainer checkpoint are reused."""
+    from recon.io.datasets import load_views
+    from recon.io.export import write_outputs
+    from recon.io.prior_cache import load_prior, save_prior
+
+    cfg = cfg or ReconConfig()
+    t0 = time.perf_counter()
+    views = path if isinstance(path, Views) else load_views(Path(path), max_side=cfg.max_side)
+    train_views, test_views = split_views(views, cfg.test_every)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = out / "cache" / "prior.safetensors"
+    prior = load_prior(cache) if resume and cache.is_file() else None
+    if prior is None:
+        prior = estimate_geometry(train_views, cfg, resolve_device(cfg.device))
+        save_prior(cache, prior)
+    recon = reconstruct(
+        train_views, cfg, prior=prior, ckpt_dir=out / "checkpoints", resume=resume, callback=callback,
+        progress=progress,
+    )
+    with torch.no_grad():
+        train_renders = render_images(recon.gaussians, recon.cameras, None)
+    renders = {"train": (recon.views.names, train_renders, recon.views.images)}
+    if test_views is not None:
+        recon.metrics["test"], test_renders = evaluate_held_out(recon, test_views, cfg)
+        renders["test"] = (test_views.names, test_renders, test_views.images)
+    recon.metrics["seconds"] = time.perf_counter() - t0
+    recon.metrics["input"] = {"path": str(views.root), "format": views.source, "size": list(views.size)}
+    write_outputs(recon, out, config=cfg, renders=renders)
+    return recon
+
