@@ -339,7 +339,7 @@ def look_at_w2c(eye: Tensor, target: Tensor, up: Tensor | None = None) -> Tensor
     """
     up = torch.tensor([0.0, 0.0, 1.0], dtype=eye.dtype) if up is None else up.to(eye.dtype)
     z = torch.nn.functional.normalize(target - eye, dim=-1)
-    x = torch.nn.functional.normalize(torch.cross(z, -up, dim=-1), dim=-1)
+    x = torch.nn.functional.normalize(torch.cross(z, up, dim=-1), dim=-1)  # right = forward x up
     y = torch.cross(z, x, dim=-1)
     R = torch.stack([x, y, z], dim=0)  # rows: camera axes in world coordinates
     return make_rigid(R, -(R @ eye))
