@@ -15,6 +15,7 @@ from typing import Annotated
 import tyro
 
 from recon.errors import ReconError
+from recon.eval.runner import EvalConfig
 from recon.pipeline import ReconConfig
 
 
@@ -42,6 +43,27 @@ class DemoArgs:
     out: Path = Path("outputs/demo")
     iters: int = 1000
     """Optimisation steps."""
+
+
+@dataclass
+class EvalArgs:
+    """Evaluate the pose-free pipeline on known-pose scenes with a sparse-view protocol."""
+
+    scenes: tyro.conf.Positional[list[Path]]
+    """Scene folders (any supported dataset format with reference poses)."""
+    out: Path = Path("outputs/eval")
+    """Output folder: results.json, results.md and one reconstruction folder per scene."""
+    config: Annotated[EvalConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=EvalConfig)
+
+
+def _eval(args: EvalArgs) -> int:
+    from recon.eval.runner import run_eval
+
+    res = run_eval(args.scenes, args.out, args.config)
+    m = res["mean"]
+    print(f"recon: {len(res['scenes'])} scenes, mean PSNR {m['psnr'] if m['psnr'] is not None else float('nan'):.2f} dB, "
+          f"AUC@15 {m['auc'].get('15', 0.0):.3f}; results in {(Path(args.out) / 'results.md').resolve()}")
+    return 0
 
 
 def _run(args: RunArgs) -> int:
@@ -83,7 +105,7 @@ def _print_summary(metrics: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    commands = {"run": (RunArgs, _run), "demo": (DemoArgs, _demo)}
+    commands = {"run": (RunArgs, _run), "eval": (EvalArgs, _eval), "demo": (DemoArgs, _demo)}
     try:
         args = tyro.extras.subcommand_cli_from_dict(
             {name: t for name, (t, _) in commands.items()}, args=sys.argv[1:] if argv is None else argv,

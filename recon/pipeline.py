@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 import torch
 import tyro
 
+from recon.cameras import Cameras
 from recon.errors import ReconError
 from recon.eval.metrics import pose_metrics
 from recon.eval.novel_view import align_reference_cameras, evaluate_test_views, score_views
@@ -163,18 +164,22 @@ def reconstruct(
     )
 
 
-def evaluate_held_out(recon: Reconstruction, test_views: Views, cfg: ReconConfig) -> tuple[dict, torch.Tensor]:
+def evaluate_held_out(
+    recon: Reconstruction, test_views: Views, cfg: ReconConfig, ref_train: Cameras | None
+) -> tuple[dict, torch.Tensor]:
     """Scores of held-out views; their reference cameras are brought into the reconstruction's frame.
 
-    With dataset poses the frames coincide; with estimated poses a similarity is fitted on the training
-    cameras and each test pose is refined against the frozen Gaussians (``test_pose_iters`` steps).
+    With dataset poses the frames coincide; with estimated poses a similarity is fitted between the
+    reference cameras of the training views ``ref_train`` (same order as ``recon.cameras``) and the
+    estimated ones, and each test pose is refined against the frozen Gaussians (``test_pose_iters`` steps).
     """
     if test_views.cameras is None:
         raise ReconError("held-out views need reference poses; this input has none (drop --test-every)")
     if cfg.poses == "dataset":
         cams, iters = test_views.cameras, 0
     else:
-        ref_train = recon.views.cameras.subset(recon.cameras.names)
+        if ref_train is None:
+            raise ReconError("held-out views with estimated poses need the training views' reference poses")
         cams = align_reference_cameras(recon.cameras, ref_train, test_views.cameras)
         iters = cfg.test_pose_iters
     scores, renders, _ = evaluate_test_views(recon.gaussians, cams, test_views.images, fit_pose_iters=iters)
@@ -215,7 +220,8 @@ def run(
         train_renders = render_images(recon.gaussians, recon.cameras, None)
     renders = {"train": (recon.views.names, train_renders, recon.views.images)}
     if test_views is not None:
-        recon.metrics["test"], test_renders = evaluate_held_out(recon, test_views, cfg)
+        ref_train = None if train_views.cameras is None else train_views.cameras.subset(recon.cameras.names)
+        recon.metrics["test"], test_renders = evaluate_held_out(recon, test_views, cfg, ref_train)
         renders["test"] = (test_views.names, test_renders, test_views.images)
     recon.metrics["seconds"] = time.perf_counter() - t0
     recon.metrics["input"] = {"path": str(views.root), "format": views.source, "size": list(views.size)}
