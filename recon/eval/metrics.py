@@ -1,0 +1,276 @@
+"""Image and camera-pose metrics: the one home of PSNR, SSIM and the pose errors (CONVENTIONS "metrics").
+
+Images are float tensors in [0, 1], (H, W, 3) or batched (N, H, W, 3); batched metrics are the mean of
+the per-image values. SSIM is differentiable and is also what the training loss uses.
+
+Pose metrics follow the feed-forward reconstruction literature (RRE/RTE over all pairs, their AUC) plus the
+absolute trajectory error after a similarity (Umeyama, with scale) alignment of the camera centres.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from recon.cameras import camera_centers, sim3_transform_w2c, so3_log, umeyama
+from recon.errors import ReconError
+
+Tensor = torch.Tensor
+
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+AUC_THRESHOLDS_DEG = (5, 15, 30)
+
+
+def _as_batch(img: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
+    if img.shape != ref.shape:
+        raise ReconError(f"image shapes differ: {tuple(img.shape)} vs {tuple(ref.shape)}")
+    if img.dim() == 3:
+        img, ref = img[None], ref[None]
+    if img.dim() != 4:
+        raise ReconError(f"images must be (H, W, C) or (N, H, W, C), got {tuple(img.shape)}")
+    return img, ref
+
+
+# --------------------------------------------------------------------------------------------------
+# PSNR
+# --------------------------------------------------------------------------------------------------
+
+
+def psnr_per_image(img: Tensor, ref: Tensor) -> Tensor:
+    """PSNR in dB (N,) of images (N, H, W, C) or a single (H, W, C) image (-> (1,)), peak value 1.
+
+    The MSE is floored at 1e-10 so identical images give 100 dB rather than infinity.
+    """
+    img, ref = _as_batch(img, ref)
+    mse = ((img.float() - ref.float()) ** 2).flatten(1).mean(1)
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+def psnr(img: Tensor, ref: Tensor) -> float:
+    """PSNR in dB of an image (H, W, C) against ``ref``; for a batch (N, H, W, C), the mean per-image PSNR."""
+    return float(psnr_per_image(img.detach(), ref.detach()).mean())
+
+
+# --------------------------------------------------------------------------------------------------
+# SSIM
+# --------------------------------------------------------------------------------------------------
+
+
+def gaussian_window_1d(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, dtype=torch.float32, device=None):
+    """Normalised 1D Gaussian taps (size,), centred on the middle tap."""
+    x = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return (g / g.sum()).to(dtype)
+
+
+def _blur(x: Tensor, g: Tensor) -> Tensor:
+    """Separable Gaussian filter of x (B, C, H, W) with taps g (k,), 'valid' (no padding)."""
+    c = x.shape[1]
+    k = g.numel()
+    x = F.conv2d(x, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
+    return F.conv2d(x, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+
+
+def ssim_map(
+    img: Tensor,
+    ref: Tensor,
+    *,
+    padding: Literal["valid", "reflect"] = "valid",
+    window: int = SSIM_WINDOW,
+    sigma: float = SSIM_SIGMA,
+) -> Tensor:
+    """Per-pixel SSIM (N, H', W', C) of images (N, H, W, C) or (H, W, C) (data range 1, K1 0.01, K2 0.03).
+
+    Local statistics use an ``window`` x ``window`` Gaussian window (``sigma``), with population
+    (biased) variances as in Wang et al. 2004. ``padding="valid"`` keeps only pixels whose window lies
+    inside the image (H' = H - window + 1, the usual metric definition, as scikit-image crops);
+    ``padding="reflect"`` mirrors the borders so every pixel gets a value (H' = H; used by the loss so
+    border pixels also receive an SSIM gradient).
+    """
+    img, ref = _as_batch(img, ref)
+    x = img.permute(0, 3, 1, 2)
+    y = ref.permute(0, 3, 1, 2).to(x.dtype)
+    r = window // 2
+    if padding == "reflect":
+        x = F.pad(x, (r, r, r, r), mode="reflect")
+        y = F.pad(y, (r, r, r, r), mode="reflect")
+    elif padding != "valid":
+        raise ValueError(f"padding must be 'valid' or 'reflect', got {padding!r}")
+    if x.shape[-1] < window or x.shape[-2] < window:
+        size = tuple(img.shape[1:3])
+        raise ReconError(f"images of {size} pixels are smaller than the {window}px SSIM window")
+    g = gaussian_window_1d(window, sigma, x.dtype, x.device)
+    # One filtering pass over the five statistics stacked along channels.
+    c = x.shape[1]
+    stats = _blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), g)
+    mu_x, mu_y, e_xx, e_yy, e_xy = stats.split(c, dim=1)
+    var_x = e_xx - mu_x * mu_x
+    var_y = e_yy - mu_y * mu_y
+    cov = e_xy - mu_x * mu_y
+    c1 = SSIM_K1**2
+    c2 = SSIM_K2**2
+    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
+    den = (mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2)
+    return (num / den).permute(0, 2, 3, 1)
+
+
+def ssim(
+    img: Tensor,
+    ref: Tensor,
+    *,
+    padding: Literal["valid", "reflect"] = "valid",
+    reduction: Literal["mean", "none"] = "mean",
+) -> Tensor:
+    """Mean SSIM of an image (H, W, C) or batch (N, H, W, C) against ``ref``; differentiable.
+
+    ``reduction="none"`` returns the per-image values (N,). See :func:`ssim_map` for the definition.
+    """
+    per_image = ssim_map(img, ref, padding=padding).flatten(1).mean(1)
+    if reduction == "none":
+        return per_image
+    return per_image.mean()
+
+
+# --------------------------------------------------------------------------------------------------
+# Camera poses
+# --------------------------------------------------------------------------------------------------
+
+
+def _rotation_error_deg(R_a: Tensor, R_b: Tensor) -> Tensor:
+    """Geodesic angle (degrees) between rotations (..., 3, 3), via the quaternion log.
+
+    More accurate near 0 than arccos of the trace, whose slope is infinite there: float32-built rotations
+    (orthonormal to ~1e-7) would otherwise show spurious errors of ~0.02 degrees.
+    """
+    return torch.rad2deg(so3_log(R_a @ R_b.transpose(-1, -2)).norm(dim=-1))
+
+
+def _angle_between_deg(a: Tensor, b: Tensor) -> Tensor:
+    """Angle (degrees) between vectors (..., 3); 0 when either is (near) zero-length."""
+    na = a.norm(dim=-1)
+    nb = b.norm(dim=-1)
+    cos = (a * b).sum(-1) / (na * nb).clamp_min(1e-12)
+    ang = torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
+    return torch.where((na < 1e-12) | (nb < 1e-12), torch.zeros_like(ang), ang)
+
+
+def relative_pose_errors(est_w2c: Tensor, ref_w2c: Tensor, translation_sign_ambiguity: bool = False):
+    """Relative rotation and translation-direction errors (degrees) for all pairs i < j.
+
+    For a pair, the relative transform is ``T_ij = w2c_i @ inv(w2c_j)`` (camera j -> camera i). RRE is the
+    geodesic angle between the estimated and reference relative rotations; RTE the angle between the
+    relative translations (directions only, so the global scale does not matter). Both are invariant to a
+    similarity of the world. With ``translation_sign_ambiguity`` RTE is folded to min(e, 180 - e), as some
+    papers do; the default is the stricter signed error.
+
+    Returns (pairs (P, 2) long, rre (P,), rte (P,)), computed in float64.
+    """
+    est = est_w2c.detach().double()
+    ref = ref_w2c.detach().double()
+    n = est.shape[0]
+    pairs = torch.tensor(list(itertools.combinations(range(n), 2)), dtype=torch.long).view(-1, 2)
+    i, j = pairs[:, 0], pairs[:, 1]
+
+    def rel(w2c: Tensor) -> tuple[Tensor, Tensor]:
+        R_i, t_i = w2c[i, :3, :3], w2c[i, :3, 3]
+        R_j, t_j = w2c[j, :3, :3], w2c[j, :3, 3]
+        R_ij = R_i @ R_j.transpose(-1, -2)
+        t_ij = t_i - (R_ij @ t_j.unsqueeze(-1)).squeeze(-1)
+        return R_ij, t_ij
+
+    R_e, t_e = rel(est)
+    R_r, t_r = rel(ref)
+    rre = _rotation_error_deg(R_e, R_r)
+    rte = _angle_between_deg(t_e, t_r)
+    if translation_sign_ambiguity:
+        rte = torch.minimum(rte, 180.0 - rte)
+    return pairs, rre, rte
+
+
+def pose_auc(errors_deg: Tensor, threshold_deg: int) -> float:
+    """mAA at ``threshold_deg``: the mean over integer thresholds t = 1..T of the fraction of errors < t."""
+    if errors_deg.numel() == 0:
+        return float("nan")
+    ts = torch.arange(1, threshold_deg + 1, dtype=errors_deg.dtype)
+    return float((errors_deg[None, :] < ts[:, None]).double().mean(1).mean())
+
+
+def pose_metrics(
+    est_w2c: Tensor,
+    ref_w2c: Tensor,
+    registered: Tensor | None = None,
+    *,
+    translation_sign_ambiguity: bool = False,
+) -> dict:
+    """Pose accuracy of estimated cameras against reference cameras of the same views (same order).
+
+    Args:
+        est_w2c: (N, 4, 4) estimated world-to-camera transforms (any world frame and scale).
+        ref_w2c: (N, 4, 4) reference world-to-camera transforms.
+        registered: (N,) bool mask of the views the method placed, or None for all. Rows of ``est_w2c``
+            for unregistered views are ignored; every pair involving one counts as a 180 degree error.
+        translation_sign_ambiguity: fold RTE to min(e, 180 - e) (see :func:`relative_pose_errors`).
+
+    Returns a JSON-ready dict:
+        ``ate``: RMSE of the registered camera centres after the Umeyama similarity (est -> ref) fitted on
+        them, in reference units (NaN with fewer than 2 registered views);
+        ``ate_frac``: ``ate`` / reference trajectory diameter (max pairwise distance of reference centres);
+        ``rot_err_deg``: mean absolute rotation error of registered cameras after that alignment (only
+        meaningful when the centres determine the rotation, i.e. >= 3 non-collinear cameras);
+        ``rre_deg``, ``rte_deg``: mean relative rotation / translation-direction errors over all pairs;
+        ``auc``: {"5", "15", "30"} mAA of max(RRE, RTE) per pair; ``n_views``, ``n_registered``, ``n_pairs``.
+        Undefined values are None (not NaN) so the dict is valid JSON.
+    """
+    if est_w2c.shape != ref_w2c.shape or est_w2c.dim() != 3 or est_w2c.shape[1:] != (4, 4):
+        raise ReconError(
+            "pose_metrics needs matching (N, 4, 4) w2c, got "
+            f"{tuple(est_w2c.shape)} and {tuple(ref_w2c.shape)}"
+        )
+    n = est_w2c.shape[0]
+    est = est_w2c.detach().double().cpu()
+    ref = ref_w2c.detach().double().cpu()
+    reg = torch.ones(n, dtype=torch.bool) if registered is None else registered.detach().cpu().bool().view(n)
+    n_reg = int(reg.sum())
+
+    # Absolute errors after a similarity alignment on the registered centres.
+    c_ref = camera_centers(ref)
+    diameter = float(torch.cdist(c_ref, c_ref).max()) if n > 1 else 0.0
+    if n_reg >= 2:
+        c_est = camera_centers(est[reg])
+        s, R, t = umeyama(c_est, c_ref[reg])
+        aligned = sim3_transform_w2c(est[reg], s, R, t)
+        ate = float(((camera_centers(aligned) - c_ref[reg]) ** 2).sum(-1).mean().sqrt())
+        rot_err = float(_rotation_error_deg(aligned[:, :3, :3], ref[reg][:, :3, :3]).mean())
+    else:
+        ate = rot_err = float("nan")
+    ate_frac = ate / diameter if diameter > 0 else float("nan")
+
+    # Relative errors over all pairs; pairs with an unregistered view count as 180 degrees.
+    pairs, rre, rte = relative_pose_errors(est, ref, translation_sign_ambiguity)
+    both = reg[pairs[:, 0]] & reg[pairs[:, 1]] if len(pairs) else torch.zeros(0, dtype=torch.bool)
+    rre = torch.where(both, rre, torch.full_like(rre, 180.0))
+    rte = torch.where(both, rte, torch.full_like(rte, 180.0))
+    worst = torch.maximum(rre, rte)
+    mean = (lambda v: float(v.mean()) if v.numel() else float("nan"))  # noqa: E731
+
+    def clean(v: float) -> float | None:
+        return None if math.isnan(v) else v
+
+    return {
+        "ate": clean(ate),
+        "ate_frac": clean(ate_frac),
+        "rot_err_deg": clean(rot_err),
+        "rre_deg": clean(mean(rre)),
+        "rte_deg": clean(mean(rte)),
+        "auc": {str(T): clean(pose_auc(worst, T)) for T in AUC_THRESHOLDS_DEG},
+        "n_views": n,
+        "n_registered": n_reg,
+        "n_pairs": int(len(pairs)),
+    }
