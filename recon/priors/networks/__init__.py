@@ -1,0 +1,14 @@
+"""Clean-room PyTorch networks of the learned priors, state-dict compatible with the public checkpoints.
+
+- :mod:`.layers`: generic ViT pieces (Mlp, Attention with RoPE, CrossAttention, Block, DecoderBlock,
+  PatchEmbed, LayerScale, unpatchify); :mod:`.rope`: 2D rotary position embedding.
+- :mod:`.croco`: the CroCo two-view encoder/decoder backbone; :mod:`.dpt`: the DUSt3R-style DPT head.
+- :mod:`.dust3r`: :class:`DUSt3R` (+ :class:`Dust3RConfig`, input preparation); :mod:`.mast3r`: :class:`MASt3R`.
+
+Loading checkpoints (and the ReconError messages for bad files) lives in :mod:`recon.priors.checkpoints`.
+"""
+
+from recon.priors.networks.dust3r import DUSt3R, Dust3RConfig, NetworkCrop, prepare_image
+from recon.priors.networks.mast3r import MASt3R
+
+__all__ = ["DUSt3R", "MASt3R", "Dust3RConfig", "NetworkCrop", "prepare_image"]
