@@ -3,7 +3,8 @@
 - :mod:`.layers`: generic ViT pieces (Mlp, Attention with RoPE, CrossAttention, Block, DecoderBlock,
   PatchEmbed, LayerScale, unpatchify); :mod:`.rope`: 2D rotary position embedding.
 - :mod:`.croco`: the CroCo two-view encoder/decoder backbone; :mod:`.dpt`: the DUSt3R-style DPT head.
-- :mod:`.dust3r`: :class:`DUSt3R` (+ :class:`Dust3RConfig`, input preparation); :mod:`.mast3r`: :class:`MASt3R`.
+- :mod:`.dust3r`: :class:`DUSt3R`, :class:`Dust3RConfig`, input preparation;
+  :mod:`.mast3r`: :class:`MASt3R`.
 
 Loading checkpoints (and the ReconError messages for bad files) lives in :mod:`recon.priors.checkpoints`.
 """

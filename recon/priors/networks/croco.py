@@ -130,7 +130,9 @@ class CroCoStereoBackbone(nn.Module):
             tokens = blk(tokens, pos)
         return self.enc_norm(tokens), pos
 
-    def decode(self, feat1: Tensor, pos1: Tensor, feat2: Tensor, pos2: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+    def decode(
+        self, feat1: Tensor, pos1: Tensor, feat2: Tensor, pos2: Tensor
+    ) -> tuple[list[Tensor], list[Tensor]]:
         """Run both decoder branches on encoder tokens of view 1 and view 2.
 
         Returns per view the list ``[encoder tokens, block 1 out, ..., dec_norm(block L out)]`` (length
@@ -171,5 +173,6 @@ class CroCoStereoBackbone(nn.Module):
             full[~portrait], full[portrait] = v, port[k]
             out[k] = full
         return out
+
 
 __all__ = ["CroCoStereoBackbone", "is_portrait"]

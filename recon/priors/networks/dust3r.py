@@ -145,7 +145,7 @@ def _as_mode(v: Any) -> Mode | None:
 
 
 def _count_blocks(state_dict: Mapping[str, Tensor], prefix: str) -> int:
-    idx = {int(k[len(prefix):].split(".", 1)[0]) for k in state_dict if k.startswith(prefix)}
+    idx = {int(k[len(prefix) :].split(".", 1)[0]) for k in state_dict if k.startswith(prefix)}
     return max(idx) + 1 if idx else 0
 
 
@@ -232,7 +232,7 @@ def config_from_dict(
         elif k == "output_mode":
             mode = str(v)
             if mode.startswith("pts3d+desc"):
-                upd["local_feat_dim"] = int(mode[len("pts3d+desc"):])
+                upd["local_feat_dim"] = int(mode[len("pts3d+desc") :])
             elif mode != "pts3d":
                 raise ValueError(f"unsupported output_mode {mode!r}")
         elif k == "norm_im2_in_dec":
@@ -261,7 +261,9 @@ def config_from_dict(
     for k in ("enc_depth", "dec_depth", "enc_embed_dim", "dec_embed_dim", "enc_num_heads", "dec_num_heads"):
         if k in upd:
             upd[k] = int(upd[k])
-    cfg = replace(cfg, **upd, extra={**cfg.extra, **{k: v for k, v in extra.items() if k not in _IGNORED_KWARGS}})
+    cfg = replace(
+        cfg, **upd, extra={**cfg.extra, **{k: v for k, v in extra.items() if k not in _IGNORED_KWARGS}}
+    )
     cfg.check()
     return cfg
 
@@ -566,4 +568,3 @@ def prepare_image(
     tensor = torch.from_numpy((crop - 0.5) / 0.5).permute(2, 0, 1).contiguous()
     info = NetworkCrop((W0, H0), (W1, H1), (box[0], box[1]), (2 * halfw, 2 * halfh))
     return tensor, info
-

@@ -118,7 +118,12 @@ class CrossAttention(nn.Module):
         self.rope = rope
 
     def forward(
-        self, query: Tensor, key: Tensor, value: Tensor, qpos: Tensor | None = None, kpos: Tensor | None = None
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        qpos: Tensor | None = None,
+        kpos: Tensor | None = None,
     ) -> Tensor:
         """query (B, Nq, dim), key/value (B, Nk, dim), qpos (B, Nq, 2), kpos (B, Nk, 2) -> (B, Nq, dim)."""
         q = _split_heads(self.projq(query), self.num_heads)
@@ -152,7 +157,13 @@ class Block(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = Attention(
-            dim, num_heads, qkv_bias=qkv_bias, proj_bias=proj_bias, rope=rope, qk_norm=qk_norm, norm_eps=norm_eps
+            dim,
+            num_heads,
+            qkv_bias=qkv_bias,
+            proj_bias=proj_bias,
+            rope=rope,
+            qk_norm=qk_norm,
+            norm_eps=norm_eps,
         )
         self.ls1 = LayerScale(dim, layerscale_init) if layerscale_init is not None else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)

@@ -75,4 +75,4 @@ def parse_rope_name(pos_embed: str) -> float:
     """The RoPE frequency base from an official ``pos_embed`` string such as ``"RoPE100"``."""
     if not pos_embed.startswith("RoPE"):
         raise ValueError(f"unsupported positional embedding {pos_embed!r}; only 'RoPE<base>' is implemented")
-    return float(pos_embed[len("RoPE"):])
+    return float(pos_embed[len("RoPE") :])
