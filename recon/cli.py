@@ -61,8 +61,10 @@ def _eval(args: EvalArgs) -> int:
 
     res = run_eval(args.scenes, args.out, args.config)
     m = res["mean"]
-    print(f"recon: {len(res['scenes'])} scenes, mean PSNR {m['psnr'] if m['psnr'] is not None else float('nan'):.2f} dB, "
-          f"AUC@15 {m['auc'].get('15', 0.0):.3f}; results in {(Path(args.out) / 'results.md').resolve()}")
+    psnr = "n/a" if m["psnr"] is None else f"{m['psnr']:.2f} dB"
+    auc15 = m["auc"].get("15", 0.0)
+    print(f"recon: {len(res['scenes'])} scenes, mean held-out PSNR {psnr}, AUC@15 {auc15:.3f}")
+    print(f"recon: results in {(Path(args.out) / 'results.md').resolve()}")
     return 0
 
 
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recon: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("recon: interrupted; outputs written so far are complete (use --resume to continue)", file=sys.stderr)
+        print("recon: interrupted; files written so far are complete (--resume continues)", file=sys.stderr)
         return 130
     except Exception as e:  # an internal error: one line unless debugging
         if os.environ.get("RECON_DEBUG"):

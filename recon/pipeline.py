@@ -22,8 +22,8 @@ from recon.eval.metrics import pose_metrics
 from recon.eval.novel_view import align_reference_cameras, evaluate_test_views, score_views
 from recon.gaussians.init import InitConfig, init_from_prior
 from recon.optim.trainer import TrainConfig, TrainState, render_images, train
-from recon.priors.factory import PriorConfig, dense_prior_for_cameras, make_prior
 from recon.priors.base import PriorResult
+from recon.priors.factory import PriorConfig, dense_prior_for_cameras, make_prior
 from recon.reconstruction import Reconstruction
 from recon.views import Views
 

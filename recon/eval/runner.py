@@ -111,8 +111,8 @@ def results_markdown(rows: list[dict], mean: dict) -> str:
         return "n/a" if v is None else (f"{v:.{p}f}" if isinstance(v, float) else str(v))
 
     lines = [
-        "| scene | views | registered | PSNR | SSIM | ATE (frac) | RRE (deg) | RTE (deg) | AUC@5 | AUC@15 | AUC@30 "
-        "| s | note |",
+        "| scene | views | registered | PSNR | SSIM | ATE (frac) | RRE (deg) | RTE (deg) "
+        "| AUC@5 | AUC@15 | AUC@30 | s | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows + [dict(mean, scene="**mean**", views="")]:
@@ -121,8 +121,8 @@ def results_markdown(rows: list[dict], mean: dict) -> str:
         lines.append(
             f"| {r['scene']} | {r.get('views', '')} | {f(r.get('registered'))} | {f(r.get('psnr'))} "
             f"| {f(r.get('ssim'), 3)} | {f(r.get('ate'), 4)} | {f(r.get('rre_deg'))} | {f(r.get('rte_deg'))} "
-            f"| {f(auc.get('5'), 3)} | {f(auc.get('15'), 3)} | {f(auc.get('30'), 3)} | {f(r.get('seconds'), 0)} "
-            f"| {note} |"
+            f"| {f(auc.get('5'), 3)} | {f(auc.get('15'), 3)} | {f(auc.get('30'), 3)} "
+            f"| {f(r.get('seconds'), 0)} | {note} |"
         )
     return "\n".join(lines) + "\n"
 
