@@ -125,6 +125,23 @@ def _decode_pil(img: Image.Image) -> np.ndarray:
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
+def _draft_jpeg(img: Image.Image, max_side: int | None) -> None:
+    """Let libjpeg decode a large JPEG at 1/2, 1/4 or 1/8 scale (DCT scaling) when that stays at least as
+    large as the final size: several times faster for phone photos loaded small.
+
+    Only scales that divide both sides exactly are used, so the draft is an exact corner-aligned
+    downscale and the final INTER_AREA resize keeps the geometry (and K scaling) of a direct resize.
+    """
+    if img.format != "JPEG" or max_side is None or img.mode not in ("RGB", "L"):
+        return
+    width, height = img.size
+    target = _fit_size(width, height, max_side)
+    for s in (8, 4, 2):
+        if width % s == 0 and height % s == 0 and width // s >= target[0] and height // s >= target[1]:
+            img.draft(img.mode, (width // s, height // s))
+            return
+
+
 def _resize_area(arr: np.ndarray, width: int, height: int) -> np.ndarray:
     if (arr.shape[1], arr.shape[0]) == (width, height):
         return arr
@@ -177,10 +194,12 @@ def load_image(path: str | Path, max_side: int | None = None) -> tuple[torch.Ten
             exif = img.getexif()
             orientation = int(exif.get(_TAG_ORIENTATION, 1) or 1)
             f35 = _focal_35mm(exif)
+            full_size = img.size[::-1] if orientation in (5, 6, 7, 8) else img.size
             high_depth = img.mode in _PIL_HIGH_DEPTH_MODES or (_png_bit_depth(path) or 8) > 8
             if high_depth:
                 arr = _decode_high_depth(path, orientation)
             else:
+                _draft_jpeg(img, max_side)
                 img.load()  # decode now, so truncated/corrupt data fails here with the file named
                 arr = _decode_pil(ImageOps.exif_transpose(img))
     except ReconError:
@@ -188,8 +207,7 @@ def load_image(path: str | Path, max_side: int | None = None) -> tuple[torch.Ten
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ReconError(f"cannot read image {path}: {e} (is the file corrupt or not an image?)") from None
     rgb = _to_rgb_on_white(arr)
-    height, width = rgb.shape[:2]
-    new_w, new_h = _fit_size(width, height, max_side)
+    new_w, new_h = _fit_size(*full_size, max_side)  # from the full size: a JPEG draft is only a shortcut
     rgb = _resize_area(np.ascontiguousarray(rgb, dtype=np.float32), new_w, new_h)
     focal = None if f35 is None else f35 / _FULL_FRAME_LONG_MM * max(new_w, new_h)
     return torch.from_numpy(np.clip(rgb, 0.0, 1.0)), focal
