@@ -67,7 +67,11 @@ def _torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         m = re.search(r"GLOBAL ([\w.]+)", str(e))
-        culprit = f" ({m.group(1)})" if m else ""
+        if m is None:  # not a class/function reference: the bytes are simply not a valid pickle
+            raise ReconError(
+                f"cannot read {path} as a PyTorch checkpoint (corrupt or not a checkpoint)"
+            ) from None
+        culprit = f" ({m.group(1)})"
         raise ReconError(
             f"refusing to load {path}: it contains Python objects other than tensors{culprit}; "
             "only plain weight checkpoints are loaded (convert it to .safetensors from a trusted environment)"
@@ -233,9 +237,9 @@ def check_kind(state_dict: Mapping[str, Tensor], kind: str, path: str | Path) ->
         raise ReconError(
             f"{path} is a {_KIND_NAMES[found]} checkpoint, not {_KIND_NAMES[kind]}; use --prior.name {found}"
         )
-    what = _KIND_NAMES.get(found or "", "an unknown model")
+    what = "a CroCo pre-training model without heads" if found == "croco" else "an unknown model"
     sample = ", ".join(list(state_dict)[:3])
-    raise ReconError(f"{path} is {what} checkpoint, not {_KIND_NAMES[kind]} (first keys: {sample})")
+    raise ReconError(f"{path} is not a {_KIND_NAMES[kind]} checkpoint: it looks like {what} (keys: {sample})")
 
 
 def load_state_dict_strict(
