@@ -190,3 +190,14 @@ def test_mismatched_keys_are_listed(linear_fixture):
         build_dust3r(sd, {"constructor_kwargs": {**cfg["constructor_kwargs"], "dec_depth": 2}}, "tiny.pth")
     # and the intact weights load
     _check_outputs(build_dust3r(sd, cfg, "tiny.pth"), d)
+
+
+def test_alias_keys_may_be_stored_once(tmp_path):
+    """safetensors' save_model keeps one name per shared tensor: the DPT scratch aliases are refilled."""
+    d = shared_fixture("priors", "dust3r_dpt")
+    sd = load_file(str(d / "weights.safetensors"))
+    dropped = {k: v for k, v in sd.items() if ".scratch.layer_rn." not in k}
+    assert len(sd) - len(dropped) == 8
+    save_file(dropped, str(tmp_path / "weights.safetensors"))
+    shutil.copy(d / "config.json", tmp_path / "config.json")
+    _check_outputs(load_network("dust3r", tmp_path / "weights.safetensors"), d)

@@ -242,11 +242,31 @@ def check_kind(state_dict: Mapping[str, Tensor], kind: str, path: str | Path) ->
     raise ReconError(f"{path} is not a {_KIND_NAMES[kind]} checkpoint: it looks like {what} (keys: {sample})")
 
 
+def _complete_aliases(model: nn.Module, state_dict: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
+    groups: dict[int, list[str]] = {}
+    for k, v in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(v), []).append(k)
+    filled = None
+    for keys in groups.values():
+        present = [k for k in keys if k in state_dict]
+        if present and len(present) < len(keys):
+            filled = dict(state_dict) if filled is None else filled
+            for k in keys:
+                filled.setdefault(k, state_dict[present[0]])
+    return state_dict if filled is None else filled
+
+
 def load_state_dict_strict(
     model: nn.Module, state_dict: Mapping[str, Tensor], path: str | Path, assign: bool = False
 ) -> None:
     """``model.load_state_dict(state_dict, strict=True, assign=assign)`` with a one-line ReconError on
-    any mismatch (a few missing and unexpected keys and shape mismatches are named)."""
+    any mismatch (a few missing and unexpected keys and shape mismatches are named).
+
+    Keys that name one shared tensor in ``model`` (e.g. DPT's ``scratch.layer1_rn`` and
+    ``scratch.layer_rn.0``) may appear only once in the file: ``safetensors`` drops such duplicates when
+    saving, so a present alias fills the absent one.
+    """
+    state_dict = _complete_aliases(model, state_dict)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
