@@ -73,6 +73,7 @@ def test_llff_fern_binary_model_agrees_with_poses_bounds():
 
 def test_text_round_trip(tmp_path):
     cams = _ring_cameras()
+    cams.names[0] = "my photo.png"  # a name with a space survives: it is the rest of the line
     rng = np.random.default_rng(0)
     xyz = rng.normal(size=(50, 3))
     rgb = rng.integers(0, 256, size=(50, 3), dtype=np.uint8)

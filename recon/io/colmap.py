@@ -396,6 +396,8 @@ def write_colmap_text(
 
     One PINHOLE camera per image (COLMAP ids i + 1 for camera and image i); images get an empty 2D point
     line; points get error 0 and empty tracks (they come from our reconstruction, not from matching).
+    Names are written verbatim as the last field of their line (COLMAP's format; a name with spaces
+    stays readable by :func:`read_colmap_model`, though readers that split lines on spaces will cut it).
 
     Args:
         model_dir: output folder, e.g. ``OUT/sparse/0``.
@@ -428,8 +430,8 @@ def write_colmap_text(
         f"# Number of images: {n}, mean observations per image: 0",
     ]
     for i, name in enumerate(cameras.names):
-        if any(c.isspace() for c in name.strip()) or not name.strip():
-            raise ReconError(f"image name {name!r} cannot go into a COLMAP text model (empty or has spaces)")
+        if not name.strip() or "\n" in name or "\r" in name:
+            raise ReconError(f"image name {name!r} cannot go into a COLMAP text model (empty or multi-line)")
         vals = " ".join(repr(float(v)) for v in (*q[i], *t[i]))
         img_lines += [f"{i + 1} {vals} {i + 1} {name}", ""]
 

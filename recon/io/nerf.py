@@ -17,6 +17,7 @@ Lens distortion keys (k1, k2, k3, k4, p1, p2) are not applied to the images; non
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +52,8 @@ def transforms_files(root: Path) -> list[tuple[str, Path]]:
 
 def _resolve_image(root: Path, file_path: str) -> Path:
     """The image a frame's ``file_path`` names; the extension may be missing (NeRF-synthetic uses none)."""
-    p = (root / file_path).resolve() if not Path(file_path).is_absolute() else Path(file_path)
+    # normpath, not resolve: symlinked images keep their own names
+    p = Path(os.path.normpath(root.absolute() / file_path))
     if p.is_file():
         return p
     for ext in sorted(IMAGE_EXTS):
@@ -136,8 +138,8 @@ def load_nerf(root: str | Path, max_side: int | None = None) -> Views:
         raise ReconError(f"{files[0][1]} has no frames")
     names = [p.name for p in paths]
     if len(set(names)) != len(names):
-        names = [p.relative_to(root.resolve()).as_posix() if p.is_relative_to(root.resolve()) else str(p)
-                 for p in paths]
+        base = Path(os.path.normpath(root.absolute()))
+        names = [p.relative_to(base).as_posix() if p.is_relative_to(base) else p.as_posix() for p in paths]
         if len(set(names)) != len(names):
             dup = next(n for n in names if names.count(n) > 1)
             raise ReconError(f"image {dup} appears in more than one frame of {root}; names must be unique")
