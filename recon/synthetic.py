@@ -385,6 +385,97 @@ def _training_params(cfg: SceneConfig) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 
 
+class _RayCaster:
+    """The exact renderer: first hits of rays against the room and the objects, textured and shaded."""
+
+    def __init__(
+        self, room: _Cuboid, objects: list, atlas: _Atlas, tile0: list[int], supersample: int
+    ) -> None:
+        self.prims = [room, *objects]  # index 0 is the room
+        self.atlas = atlas
+        self.tile0 = tile0  # first atlas tile of each primitive
+        self.supersample = supersample
+
+    def cast(self, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """First hits of rays o + t d (d (M, 3)): t (M,) and primitive index (M,) (0 = room)."""
+        t = self.prims[0].intersect(o, d)
+        if not np.isfinite(t).all():
+            raise ReconError("a synthetic camera is outside the room: keep cameras in SyntheticScene.bounds")
+        prim = np.zeros(len(d), dtype=np.int64)
+        for k, p in enumerate(self.prims[1:], start=1):
+            tk = p.intersect(o, d)
+            closer = tk < t
+            t = np.where(closer, tk, t)
+            prim[closer] = k
+        return t, prim
+
+    def shade(self, P: np.ndarray, prim: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """Shaded surface colours (*shape, 3) of hit points P (M, 3) on primitives ``prim``."""
+        tile = np.zeros(len(P), dtype=np.int64)
+        uv = np.zeros((len(P), 2))
+        normal = np.zeros((len(P), 3))
+        for k, p in enumerate(self.prims):
+            m = prim == k
+            if m.any():
+                face, uv[m], normal[m] = p.surface(P[m])
+                tile[m] = self.tile0[k] + face
+        albedo = self.atlas.sample(tile, uv, shape)
+        shade = _AMBIENT + (1 - _AMBIENT) * np.clip(normal @ _LIGHT_DIR, 0.0, None)
+        return albedo * shade.reshape(*shape, 1).astype(np.float32)
+
+    def rays(self, K: np.ndarray, w2c: np.ndarray, W: int, H: int, s: int) -> tuple[np.ndarray, np.ndarray]:
+        """Camera centre (3,) and world ray directions (H*s, W*s, 3) with camera-frame z = 1."""
+        xs = (np.arange(W * s) + 0.5) / s
+        ys = (np.arange(H * s) + 0.5) / s
+        xx, yy = np.meshgrid(xs, ys)
+        pix = np.stack([xx, yy, np.ones_like(xx)], axis=-1)
+        d_cam = pix @ np.linalg.inv(K).T
+        d_cam = d_cam / d_cam[..., 2:3]  # exactly z = 1 even for a K with skew / odd last row
+        R, t = w2c[:3, :3], w2c[:3, 3]
+        return -R.T @ t, d_cam @ R  # (R^T d) for row vectors
+
+    def render_one(self, K: np.ndarray, w2c: np.ndarray, W: int, H: int, colors: bool = True):
+        """Image (H, W, 3) (None unless ``colors``), pixel-centre z-depth (H, W) and points (H, W, 3)."""
+        s = self.supersample if colors else 1
+        o, d = self.rays(K, w2c, W, H, s)
+        t, prim = self.cast(o, d.reshape(-1, 3))
+        if s % 2 == 1:  # the centre sample of each pixel is the pixel-centre ray
+            c = s // 2
+            t_c = t.reshape(H, s, W, s)[:, c, :, c]
+            d_c = d.reshape(H, s, W, s, 3)[:, c, :, c]
+        else:
+            o, d_c = self.rays(K, w2c, W, H, 1)
+            t_c, _ = self.cast(o, d_c.reshape(-1, 3))
+            t_c = t_c.reshape(H, W)
+        points = o + t_c[..., None] * d_c
+        image = None
+        if colors:
+            P = o + t[:, None] * d.reshape(-1, 3)
+            sub = self.shade(P, prim, (H * s, W * s))
+            image = sub.reshape(H, s, W, s, 3).mean(axis=(1, 3))
+        return image, t_c, points
+
+
+def _image_size(cameras: Cameras) -> tuple[int, int]:
+    """The (W, H) shared by all ``cameras``."""
+    if len(cameras) == 0:
+        raise ReconError("no cameras given to render the synthetic scene")
+    sizes = cameras.sizes
+    if not bool((sizes == sizes[0]).all()):
+        raise ReconError("cameras of different image sizes: render them in separate calls")
+    return int(sizes[0, 0]), int(sizes[0, 1])
+
+
+def _render(caster: _RayCaster, cameras: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
+    W, H = _image_size(cameras)
+    images, depths = [], []
+    for K, w2c in zip(cameras.K.double().numpy(), cameras.w2c.double().numpy(), strict=True):
+        img, t_c, _ = caster.render_one(K, w2c, W, H)
+        images.append(np.clip(img, 0.0, 1.0))
+        depths.append(t_c)
+    return torch.from_numpy(np.stack(images)).float(), torch.from_numpy(np.stack(depths)).float()
+
+
 @dataclass
 class SyntheticScene:
     """A textured scene with exact geometry and its training views. Build it with :func:`make_scene`.
@@ -405,80 +496,7 @@ class SyntheticScene:
     bounds: torch.Tensor
     object_bounds: torch.Tensor
     extent: float
-    _room: _Cuboid = field(repr=False)
-    _objects: list = field(repr=False)
-    _atlas: _Atlas = field(repr=False)
-    _tile0: list[int] = field(repr=False)
-
-    # ---- ray casting -----------------------------------------------------------------------------
-
-    def _cast(self, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """First hits of rays o + t d (d (M, 3)): t (M,) and primitive index (M,) (0 = room)."""
-        prims = [self._room, *self._objects]
-        t = prims[0].intersect(o, d)
-        if not np.isfinite(t).all():
-            raise ReconError("a synthetic camera is outside the room: keep cameras in SyntheticScene.bounds")
-        prim = np.zeros(len(d), dtype=np.int64)
-        for k, p in enumerate(prims[1:], start=1):
-            tk = p.intersect(o, d)
-            closer = tk < t
-            t = np.where(closer, tk, t)
-            prim[closer] = k
-        return t, prim
-
-    def _shade(self, P: np.ndarray, prim: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        """Shaded surface colours (*shape, 3) of hit points P (M, 3) on primitives ``prim``."""
-        prims = [self._room, *self._objects]
-        tile = np.zeros(len(P), dtype=np.int64)
-        uv = np.zeros((len(P), 2))
-        normal = np.zeros((len(P), 3))
-        for k, p in enumerate(prims):
-            m = prim == k
-            if m.any():
-                face, uv[m], normal[m] = p.surface(P[m])
-                tile[m] = self._tile0[k] + face
-        albedo = self._atlas.sample(tile, uv, shape)
-        shade = _AMBIENT + (1 - _AMBIENT) * np.clip(normal @ _LIGHT_DIR, 0.0, None)
-        return albedo * shade.reshape(*shape, 1).astype(np.float32)
-
-    def _rays(self, K: np.ndarray, w2c: np.ndarray, W: int, H: int, s: int) -> tuple[np.ndarray, np.ndarray]:
-        """Camera centre (3,) and world ray directions (H*s, W*s, 3) with camera-frame z = 1."""
-        xs = (np.arange(W * s) + 0.5) / s
-        ys = (np.arange(H * s) + 0.5) / s
-        xx, yy = np.meshgrid(xs, ys)
-        pix = np.stack([xx, yy, np.ones_like(xx)], axis=-1)
-        d_cam = pix @ np.linalg.inv(K).T
-        d_cam = d_cam / d_cam[..., 2:3]  # exactly z = 1 even for a K with skew / odd last row
-        R, t = w2c[:3, :3], w2c[:3, 3]
-        return -R.T @ t, d_cam @ R  # (R^T d) for row vectors
-
-    def _render_one(self, K: np.ndarray, w2c: np.ndarray, W: int, H: int, colors: bool = True):
-        s = self.cfg.supersample if colors else 1
-        o, d = self._rays(K, w2c, W, H, s)
-        t, prim = self._cast(o, d.reshape(-1, 3))
-        if s % 2 == 1:  # the centre sample of each pixel is the pixel-centre ray
-            c = s // 2
-            t_c = t.reshape(H, s, W, s)[:, c, :, c]
-            d_c = d.reshape(H, s, W, s, 3)[:, c, :, c]
-        else:
-            o, d_c = self._rays(K, w2c, W, H, 1)
-            t_c, _ = self._cast(o, d_c.reshape(-1, 3))
-            t_c = t_c.reshape(H, W)
-        points = o + t_c[..., None] * d_c
-        image = None
-        if colors:
-            P = o + t[:, None] * d.reshape(-1, 3)
-            sub = self._shade(P, prim, (H * s, W * s))
-            image = sub.reshape(H, s, W, s, 3).mean(axis=(1, 3))
-        return image, t_c, points
-
-    def _check(self, cameras: Cameras) -> tuple[int, int]:
-        if len(cameras) == 0:
-            raise ReconError("no cameras given to render the synthetic scene")
-        sizes = cameras.sizes
-        if not bool((sizes == sizes[0]).all()):
-            raise ReconError("cameras of different image sizes: render them in separate calls")
-        return int(sizes[0, 0]), int(sizes[0, 1])
+    _caster: _RayCaster = field(repr=False)
 
     def render(self, cameras: Cameras) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (N, H, W, 3) float32 in [0, 1] and z-depth (N, H, W) float32 for any cameras.
@@ -486,19 +504,13 @@ class SyntheticScene:
         Colours average ``cfg.supersample``^2 rays per pixel; depth is that of the pixel-centre ray.
         All cameras must share one image size (``cameras.sizes``).
         """
-        W, H = self._check(cameras)
-        images, depths = [], []
-        for K, w2c in zip(cameras.K.double().numpy(), cameras.w2c.double().numpy(), strict=True):
-            img, t_c, _ = self._render_one(K, w2c, W, H)
-            images.append(np.clip(img, 0.0, 1.0))
-            depths.append(t_c)
-        return torch.from_numpy(np.stack(images)).float(), torch.from_numpy(np.stack(depths)).float()
+        return _render(self._caster, cameras)
 
     def pointmaps(self, cameras: Cameras) -> torch.Tensor:
         """World points (N, H, W, 3) float32 seen through each pixel centre of ``cameras``."""
-        W, H = self._check(cameras)
+        W, H = _image_size(cameras)
         out = [
-            self._render_one(K, w2c, W, H, colors=False)[2]
+            self._caster.render_one(K, w2c, W, H, colors=False)[2]
             for K, w2c in zip(cameras.K.double().numpy(), cameras.w2c.double().numpy(), strict=True)
         ]
         return torch.from_numpy(np.stack(out)).float()
@@ -510,7 +522,7 @@ class SyntheticScene:
         surface along the ray to it is the point itself (within ``rel_tol`` of its depth). Meant for
         points on the scene's surfaces (point maps), e.g. as ground truth for co-visibility tests.
         """
-        W, H = self._check(cameras)
+        W, H = _image_size(cameras)
         X = points.double().numpy()
         out = []
         for K, w2c in zip(cameras.K.double().numpy(), cameras.w2c.double().numpy(), strict=True):
@@ -523,7 +535,7 @@ class SyntheticScene:
             vis = np.zeros(len(X), dtype=bool)
             if inside.any():
                 d = Xc[inside] / z[inside, None]  # camera-frame directions with z = 1
-                t_hit, _ = self._cast(-R.T @ t, d @ R)
+                t_hit, _ = self._caster.cast(-R.T @ t, d @ R)
                 vis[inside] = np.abs(t_hit - z[inside]) <= rel_tol * z[inside]
             out.append(vis)
         return torch.from_numpy(np.stack(out))
@@ -550,7 +562,7 @@ class SyntheticScene:
         if stride < 1:
             raise ReconError(f"prior stride must be >= 1, got {stride}")
         small = cams if stride == 1 else cams.scaled(1.0 / stride)
-        W, H = self._check(small)
+        W, H = _image_size(small)
         colors, depth = self.render(small)
         if noise > 0:
             rng = np.random.default_rng(self.cfg.seed + 7919)
@@ -558,7 +570,7 @@ class SyntheticScene:
         # point maps by unprojecting the (possibly noisy) depth through the pixel-centre rays
         pts = []
         for i, (K, w2c) in enumerate(zip(small.K.double().numpy(), small.w2c.double().numpy(), strict=True)):
-            o, d = self._rays(K, w2c, W, H, 1)
+            o, d = self._caster.rays(K, w2c, W, H, 1)
             pts.append(o + depth[i].double().numpy()[..., None] * d)
         pointmaps = torch.from_numpy(np.stack(pts)).float()
         return PriorResult(
@@ -604,20 +616,9 @@ def make_scene(cfg: SceneConfig | None = None) -> SyntheticScene:
 
     names = [f"view_{i:03d}.png" for i in range(cfg.n_views)]
     cameras = _trajectory_cameras(cfg, _training_params(cfg), names)
-    scene = SyntheticScene(
-        cfg=cfg,
-        views=Views(images=torch.zeros(cfg.n_views, cfg.height, cfg.width, 3), names=names),
-        depth=torch.zeros(0),
-        bounds=bounds,
-        object_bounds=object_bounds,
-        extent=float(0.5 * np.linalg.norm(hi - lo)),
-        _room=room,
-        _objects=objects,
-        _atlas=atlas,
-        _tile0=tile0,
-    )
-    images, depth = scene.render(cameras)
-    scene.views = Views(
+    caster = _RayCaster(room, objects, atlas, tile0, cfg.supersample)
+    images, depth = _render(caster, cameras)
+    views = Views(
         images=images,
         names=names,
         cameras=cameras,
@@ -626,8 +627,15 @@ def make_scene(cfg: SceneConfig | None = None) -> SyntheticScene:
         root="",
         meta={"seed": cfg.seed, "trajectory": cfg.trajectory},
     )
-    scene.depth = depth
-    return scene
+    return SyntheticScene(
+        cfg=cfg,
+        views=views,
+        depth=depth,
+        bounds=bounds,
+        object_bounds=object_bounds,
+        extent=float(0.5 * np.linalg.norm(hi - lo)),
+        _caster=caster,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
