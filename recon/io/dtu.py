@@ -67,8 +67,12 @@ def load_dtu(root: str | Path, max_side: int | None = None) -> Views:
     cam_path = root / "cameras.npz"
     if not cam_path.is_file():
         raise ReconError(f"{cam_path} does not exist; a DTU scene needs cameras.npz")
-    cams = np.load(cam_path)
-    ids = sorted(int(m.group(1)) for k in cams.files if (m := re.fullmatch(r"world_mat_(\d+)", k)))
+    try:
+        with np.load(cam_path) as npz:
+            cams = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as e:
+        raise ReconError(f"cannot read {cam_path}: {e}") from None
+    ids = sorted(int(m.group(1)) for k in cams if (m := re.fullmatch(r"world_mat_(\d+)", k)))
     paths = _image_paths(root)
     if not ids or not paths:
         raise ReconError(f"{root} needs world_mat_i entries in cameras.npz and *_rgb.png (or image/) images")
@@ -87,7 +91,7 @@ def load_dtu(root: str | Path, max_side: int | None = None) -> Views:
         K.append(k)
         w2c.append(e)
         key = f"scale_mat_{i}"
-        scale_mats.append(cams[key].astype(np.float64) if key in cams.files else np.eye(4))
+        scale_mats.append(cams[key].astype(np.float64) if key in cams else np.eye(4))
     meta = {"scale_mat": np.stack(scale_mats)}
     sizes = [size] * len(ids)
     return views_with_cameras(paths, np.stack(K), np.stack(w2c), sizes, max_side=max_side, source="dtu",
