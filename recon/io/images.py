@@ -181,7 +181,8 @@ def load_image(path: str | Path, max_side: int | None = None) -> tuple[torch.Ten
             None when the tag is absent. A 35 mm-equivalent focal refers to a 36 x 24 mm frame, so we use
             ``f_px = f35 / 36 * long_side_px`` (the long side of the oriented image; for a landscape photo
             that is its width). This is exact for 3:2 sensors; for 4:3 phone sensors, whose 35 mm
-            equivalent is defined on the diagonal, it overestimates f by about 4 % (a rough prior only).
+            equivalent is defined on the diagonal (43.3 mm), it underestimates f by about 4 %
+            (36 vs 0.8 * 43.3 = 34.6 mm): a prior, not a calibration.
 
     Raises:
         ReconError: the file is missing, corrupt or not an image (the message names the file).
