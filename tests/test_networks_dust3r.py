@@ -161,6 +161,8 @@ def test_sizes_inferred_from_weights():
     assert cfg.dpt_layer_dims == (16, 24, 32, 40) and (cfg.dpt_feature_dim, cfg.dpt_last_dim) == (16, 8)
     assert cfg.hooks == (0, 5, 7, 10) and cfg.mlp_hidden_factor == 0.125
     assert (cfg.local_feat_dim, cfg.two_confs, cfg.head_type) == (24, True, "catmlp+dpt")
+    with pytest.raises(ValueError, match="set dec_num_heads in config.json"):
+        config_from_dict(None, sd, mast3r_default_config())  # 32 wide: head count unknowable, no guess
     cfg = config_from_dict({"enc_num_heads": 4, "dec_num_heads": 4}, sd, mast3r_default_config())
     model = MASt3R(cfg).eval()
     model.load_state_dict(sd, strict=True)

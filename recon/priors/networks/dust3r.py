@@ -105,6 +105,11 @@ class Dust3RConfig:
             (self.enc_embed_dim, self.enc_num_heads, "encoder"),
             (self.dec_embed_dim, self.dec_num_heads, "decoder"),
         ):
+            if heads <= 0:
+                raise ValueError(
+                    f"the number of {what} heads cannot be read from the weights (width {dim}); "
+                    f"set {what[:3]}_num_heads in config.json"
+                )
             if dim % heads or (dim // heads) % 4:
                 raise ValueError(f"{what} width {dim} with {heads} heads: head dim must be a multiple of 4")
         if self.head_type not in ("linear", "dpt", "catmlp+dpt"):
@@ -168,8 +173,9 @@ def infer_config_from_weights(state_dict: Mapping[str, Tensor], base: Dust3RConf
         w = sd["enc_blocks.0.mlp.fc1.weight"]
         upd["mlp_ratio"] = w.shape[0] / w.shape[1]
     for dim_key, heads_key in (("enc_embed_dim", "enc_num_heads"), ("dec_embed_dim", "dec_num_heads")):
-        if dim_key in upd and upd[dim_key] % 64 == 0:
-            upd[heads_key] = upd[dim_key] // 64
+        if dim_key in upd:
+            # 0 = unknown: check() then asks for an explicit value instead of guessing silently.
+            upd[heads_key] = upd[dim_key] // 64 if upd[dim_key] % 64 == 0 else 0
     p = upd.get("patch_size", base.patch_size)
     if "downstream_head1.proj.weight" in sd:
         upd["head_type"] = "linear"
@@ -410,8 +416,9 @@ class DUSt3R(CroCoStereoBackbone):
         """Decoder and heads on encoded views (see :meth:`encode`); tensor_hw = the input images' (H, W)."""
         dec1, dec2 = self.decode(feat1, pos1, feat2, pos2)
         B = feat1.shape[0]
-        ts1 = true_shape1 if true_shape1 is not None else torch.tensor([list(tensor_hw1)] * B)
-        ts2 = true_shape2 if true_shape2 is not None else torch.tensor([list(tensor_hw2)] * B)
+        dev = feat1.device
+        ts1 = true_shape1 if true_shape1 is not None else torch.tensor([list(tensor_hw1)] * B, device=dev)
+        ts2 = true_shape2 if true_shape2 is not None else torch.tensor([list(tensor_hw2)] * B, device=dev)
         res1 = self.apply_head(self.downstream_head1, dec1, tensor_hw1, ts1)
         res2 = self.apply_head(self.downstream_head2, dec2, tensor_hw2, ts2)
         res2["pts3d_in_other_view"] = res2.pop("pts3d")
