@@ -135,7 +135,7 @@ def rasterize(
     near_plane: float = 0.01,
     far_plane: float = 1e10,
     eps2d: float = 0.3,
-    tile_size: int = 16,
+    tile_size: int | None = None,
     backend: Backend = "auto",
 ) -> RenderOutput:
     """Render N activated Gaussians into C pinhole cameras of one size.
@@ -147,7 +147,10 @@ def rasterize(
             with K >= (sh_degree + 1)^2, evaluated per camera (``max(SH + 0.5, 0)``).
         w2c: (C, 4, 4) world-to-camera.  K: (C, 3, 3) intrinsics in pixels of the (width, height) image.
         background: (D,) or (C, D) colour behind the Gaussians, or None for black.
-        near_plane, far_plane, eps2d, tile_size: rasterisation settings (see :mod:`recon.render.torch_ref`).
+        near_plane, far_plane, eps2d: rasterisation settings (see :mod:`recon.render.torch_ref`).
+        tile_size: tile edge in pixels; it changes speed only, never the image.  None picks each
+            backend's fastest (16 for gsplat, ``torch_ref.DEFAULT_TILE_SIZE`` for torch, the native
+            module's own default).
         backend: "auto", "torch", "native" or "gsplat".
 
     Everything is differentiable w.r.t. means, quats, scales, opacities, colors and w2c.
@@ -164,7 +167,7 @@ def rasterize(
         rgb, alpha, depth, means2d, radii = rasterize_gsplat(
             means, quats, scales, opacities, colors, w2c, K, width, height,
             sh_degree=sh_degree, background=background, near_plane=near_plane, far_plane=far_plane,
-            eps2d=eps2d, tile_size=tile_size,
+            eps2d=eps2d, tile_size=16 if tile_size is None else tile_size,
         )  # fmt: skip
     else:
         impl = torch_ref if name == "torch" else _native_module()
@@ -175,8 +178,11 @@ def rasterize(
         feats = colors if sh_degree is None else sh_colors(sh_degree, colors, means, w2c)
         if feats.dim() == 2:
             feats = feats.expand(C, *feats.shape)
+        if tile_size is None and name == "torch":
+            tile_size = torch_ref.DEFAULT_TILE_SIZE
+        tiles = {} if tile_size is None else {"tile_size": tile_size}
         rgb, alpha, accum_depth = impl.rasterize_to_pixels(
-            means2d, conics, opacities, feats, depths, radii, width, height, tile_size=tile_size
+            means2d, conics, opacities, feats, depths, radii, width, height, **tiles
         )
         depth = accum_depth / alpha.clamp_min(1e-10)
         if background is not None:
