@@ -42,7 +42,9 @@ def make_scene(n: int = 400, cams: int = 2, seed: int = 0, dtype=torch.float32):
     colors = rnd(cams, n, 3)
 
     eyes = [torch.tensor([0.3, -4.0, 0.5]), torch.tensor([3.0, -2.5, 1.0]), torch.tensor([-2.0, -3.0, -1.0])]
-    w2c = torch.stack([look_at_w2c(eyes[i % 3].double(), torch.zeros(3, dtype=torch.float64)) for i in range(cams)])
+    w2c = torch.stack(
+        [look_at_w2c(eyes[i % 3].double(), torch.zeros(3, dtype=torch.float64)) for i in range(cams)]
+    )
     # Gaussians right in front of, at, and behind camera 0's centre (near-plane and behind-camera culling).
     c2w0 = torch.linalg.inv(w2c[0])
     local = torch.tensor([[0.1, 0.0, 0.005], [0.0, 0.1, -0.5], [-0.2, 0.1, -2.0], [0.05, 0.02, 0.3]])
@@ -65,15 +67,19 @@ def render(backend, scene, requires_grad=True):
     m2d, conics, depths, radii = backend.project_gaussians(
         leaves["means"], leaves["quats"], leaves["scales"], leaves["w2c"], leaves["K"], W, H
     )
-    raster = getattr(backend, "rasterize_to_pixels")
+    raster = backend.rasterize_to_pixels
     img, alpha, acc_depth = raster(m2d, conics, leaves["opacities"], leaves["colors"], depths, radii, W, H)
     return (img, alpha, acc_depth, m2d, conics, depths, radii), leaves
 
 
 def test_projection_forward_matches_reference():
     scene = make_scene(seed=1, cams=3)
-    ref = torch_ref.project_gaussians(scene["means"], scene["quats"], scene["scales"], scene["w2c"], scene["K"], W, H)
-    nat = native.project_gaussians(scene["means"], scene["quats"], scene["scales"], scene["w2c"], scene["K"], W, H)
+    ref = torch_ref.project_gaussians(
+        scene["means"], scene["quats"], scene["scales"], scene["w2c"], scene["K"], W, H
+    )
+    nat = native.project_gaussians(
+        scene["means"], scene["quats"], scene["scales"], scene["w2c"], scene["K"], W, H
+    )
     radii_ref, radii_nat = ref[3], nat[3]
     assert radii_nat.dtype == torch.int32 and radii_nat.shape == radii_ref.shape
     assert torch.equal(radii_nat, radii_ref)
@@ -156,7 +162,10 @@ def test_gradients_match_dense_oracle_in_float64():
     weights = (torch.randn(1, H, W, 3, generator=g), torch.randn(1, H, W, 1, generator=g),
                0.1 * torch.randn(1, H, W, 1, generator=g))  # fmt: skip
     grads = []
-    for backend, dtype in ((native.rasterize_to_pixels, torch.float32), (torch_ref.rasterize_dense, torch.float64)):
+    for backend, dtype in (
+        (native.rasterize_to_pixels, torch.float32),
+        (torch_ref.rasterize_dense, torch.float64),
+    ):
         leaves = {k: v.detach().to(dtype).requires_grad_(True) for k, v in inputs.items()}
         out = backend(*leaves.values(), radii, W, H)
         loss = _loss(out, [w.to(dtype) for w in weights])
@@ -182,7 +191,10 @@ def test_gradients_match_float64_autograd():
     _loss(out, [w.double() for w in weights]).backward()
     for k, v in ref.items():
         if k != "K":
-            assert rel_err(leaves[k].grad.double(), v.grad) < 1e-4, (k, rel_err(leaves[k].grad.double(), v.grad))
+            assert rel_err(leaves[k].grad.double(), v.grad) < 1e-4, (
+                k,
+                rel_err(leaves[k].grad.double(), v.grad),
+            )
 
 
 def test_empty_and_fully_culled_scenes():

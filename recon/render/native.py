@@ -207,7 +207,18 @@ class _ProjectGaussians(torch.autograd.Function):
             torch.get_num_threads(),
         )  # fmt: skip
         dm, dq, ds, dw = ctx.dtypes
-        return g_means.to(dm), g_quats.to(dq), g_scales.to(ds), g_w2c.to(dw), None, None, None, None, None, None
+        return (
+            g_means.to(dm),
+            g_quats.to(dq),
+            g_scales.to(ds),
+            g_w2c.to(dw),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def project_gaussians(
@@ -318,4 +329,6 @@ def rasterize_to_pixels(
         raise ValueError("rasterize_to_pixels (native CPU backend): all inputs must be CPU tensors")
     if width <= 0 or height <= 0 or tile_size <= 0:
         raise ValueError(f"rasterize_to_pixels: bad image size {width}x{height} or tile size {tile_size}")
-    return _RasterizeToPixels.apply(means2d, conics, opacities, colors, depths, radii, width, height, tile_size)
+    return _RasterizeToPixels.apply(
+        means2d, conics, opacities, colors, depths, radii, width, height, tile_size
+    )
