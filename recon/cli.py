@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import tyro
 
@@ -19,8 +18,8 @@ from recon.eval.runner import EvalConfig
 from recon.pipeline import ReconConfig
 
 
-@dataclass
-class RunArgs:
+@dataclass(kw_only=True)
+class RunArgs(ReconConfig):
     """Reconstruct Gaussians and camera poses from an image folder or a dataset folder."""
 
     path: tyro.conf.Positional[Path]
@@ -33,7 +32,6 @@ class RunArgs:
     """Show the scene live in the browser while training (needs the 'viewer' extra)."""
     port: int = 8080
     """Viewer port (a free one is picked when it is taken)."""
-    config: Annotated[ReconConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=ReconConfig)
 
 
 @dataclass
@@ -45,21 +43,20 @@ class DemoArgs:
     """Optimisation steps."""
 
 
-@dataclass
-class EvalArgs:
+@dataclass(kw_only=True)
+class EvalArgs(EvalConfig):
     """Evaluate the pose-free pipeline on known-pose scenes with a sparse-view protocol."""
 
     scenes: tyro.conf.Positional[list[Path]]
     """Scene folders (any supported dataset format with reference poses)."""
     out: Path = Path("outputs/eval")
     """Output folder: results.json, results.md and one reconstruction folder per scene."""
-    config: Annotated[EvalConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=EvalConfig)
 
 
 def _eval(args: EvalArgs) -> int:
     from recon.eval.runner import run_eval
 
-    res = run_eval(args.scenes, args.out, args.config)
+    res = run_eval(args.scenes, args.out, args)
     m = res["mean"]
     psnr = "n/a" if m["psnr"] is None else f"{m['psnr']:.2f} dB"
     auc15 = m["auc"].get("15", 0.0)
@@ -78,7 +75,7 @@ def _run(args: RunArgs) -> int:
         viewer = LiveViewer(port=args.port)
         callback = viewer.callback
     try:
-        recon = run(args.path, args.out, args.config, resume=args.resume, callback=callback)
+        recon = run(args.path, args.out, args, resume=args.resume, callback=callback)
     finally:
         if viewer is not None:
             viewer.close()

@@ -23,7 +23,9 @@ from recon.eval.novel_view import align_reference_cameras, evaluate_test_views, 
 from recon.gaussians.init import InitConfig, init_from_prior
 from recon.optim.trainer import TrainConfig, TrainState, render_images, train
 from recon.priors.base import PriorResult
-from recon.priors.factory import PriorConfig, dense_prior_for_cameras, make_prior
+from recon.priors.classical.prior import ClassicalConfig
+from recon.priors.factory import PriorName, dense_prior_for_cameras, make_prior
+from recon.priors.learned import LearnedConfig
 from recon.reconstruction import Reconstruction
 from recon.views import Views
 
@@ -43,7 +45,12 @@ class ReconConfig:
     steps before scoring it (InstantSplat's protocol); the initial pose is the aligned reference pose."""
     device: str = "auto"
     """'auto' (CUDA when available, else CPU), 'cpu' or 'cuda'."""
-    prior: PriorConfig = field(default_factory=PriorConfig)
+    prior: PriorName = "classical"
+    """Geometry prior: 'classical' (no weights, default) or a learned one that needs --checkpoint."""
+    checkpoint: Path | None = None
+    """Local checkpoint of a learned prior (.pth or .safetensors; a config.json beside it sets sizes)."""
+    classical: ClassicalConfig = field(default_factory=ClassicalConfig)
+    learned: LearnedConfig = field(default_factory=LearnedConfig)
     init: InitConfig = field(default_factory=InitConfig)
     train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TrainConfig)
 
@@ -75,8 +82,8 @@ def estimate_geometry(views: Views, cfg: ReconConfig, device: torch.device) -> P
                 f"--poses dataset needs a dataset with camera poses, but {views.root or 'the input'} is a "
                 "plain image folder; use --poses prior"
             )
-        return dense_prior_for_cameras(views, views.cameras, cfg.prior)
-    prior = make_prior(cfg.prior, device)
+        return dense_prior_for_cameras(views, views.cameras, cfg.classical)
+    prior = make_prior(cfg.prior, cfg.checkpoint, cfg.classical, cfg.learned, device)
     return prior(views)
 
 

@@ -14,12 +14,10 @@ import dataclasses
 import math
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import torch
-import tyro
 
 from recon.errors import ReconError
 from recon.eval.metrics import pose_metrics
@@ -33,18 +31,18 @@ from recon.views import Views
 NUMERIC_KEYS = ["registered", "psnr", "ssim", "ate", "rre_deg", "rte_deg", "seconds"]
 
 
-@dataclass
-class EvalConfig:
+@dataclass(kw_only=True)
+class EvalConfig(ReconConfig):
+    """The pipeline's configuration plus the evaluation protocol's settings."""
+
+    max_side: int = 1024
+    """Images are loaded with their long side at most this (Strecha's protocol uses 1024)."""
     views: int = 3
     """Number of training views per scene."""
     split: Path | None = None
     """JSON file with {"train": [...], "test": [...]} image names, overriding the protocol."""
     ray: bool = False
     """Run scenes in parallel with Ray (the 'dist' extra); otherwise one after another."""
-    # Images are loaded with their long side at most 1024 by default (Strecha's protocol).
-    recon: Annotated[ReconConfig, tyro.conf.OmitArgPrefixes] = field(
-        default_factory=lambda: ReconConfig(max_side=1024)
-    )
 
 
 def _strip_poses(views: Views) -> Views:
@@ -56,12 +54,12 @@ def evaluate_scene(scene: Path, out: Path, cfg: EvalConfig) -> dict:
     t0 = time.perf_counter()
     row: dict = {"scene": scene.name, "views": cfg.views}
     try:
-        views = load_views(scene, max_side=cfg.recon.max_side)
+        views = load_views(scene, max_side=cfg.max_side)
         if views.cameras is None:
             raise ReconError(f"{scene} has no reference poses; recon eval needs a known-pose dataset")
         split = make_split(views.names, views.source, cfg.views, cfg.split)
         train, test = views.subset(split.train), views.subset(split.test)
-        rcfg = dataclasses.replace(cfg.recon, poses="prior", test_every=0)
+        rcfg = dataclasses.replace(cfg, poses="prior", test_every=0)
         recon = reconstruct(_strip_poses(train), rcfg, progress=False)
         placed = recon.cameras.names
         est = torch.eye(4).repeat(len(train), 1, 1)
