@@ -74,8 +74,10 @@ class SceneConfig:
         seed: drives the textures (and the depth noise of :meth:`SyntheticScene.prior_result`).
         trajectory: ``"forward"``: an LLFF-like arc of ``arc_deg`` in front of the scene, all cameras
             looking at ``target``; ``"orbit"``: a circle of ``orbit_deg`` around the objects.
-        radius: distance of the cameras from ``target`` in the horizontal plane.
-        cam_height: camera height (world z) at the middle of the trajectory.
+        radius: distance of the cameras from ``target`` in the horizontal plane (None: 4.0 forward,
+            3.5 orbit).
+        cam_height: camera height (world z; the floor is at z = -1) at the middle of the trajectory
+            (None: 0.6 forward, 1.3 orbit, looking down at the objects).
         height_wobble: amplitude of a vertical sine along the trajectory, so that the camera centres
             are not coplanar with the target (as in hand-held captures).
         arc_deg: angular width of the forward arc.
@@ -84,7 +86,8 @@ class SceneConfig:
         supersample: rays per pixel along each axis (anti-aliasing); odd keeps the pixel centre ray
             among the samples.
         with_sphere: add a sphere to the boxes.
-        texels_per_unit: texture resolution on the surfaces.
+        texels_per_unit: texture resolution on the surfaces, in world units, so that one seed gives the
+            same scene at every image size (raise it for crisp renders much larger than 128 x 96).
     """
 
     n_views: int = 8
@@ -546,24 +549,31 @@ class SyntheticScene:
         """An exact "oracle" prior for testing later stages without a real one.
 
         Args:
-            cameras: cameras to report (default: the reference cameras of ``views``), for the full image
-                size; the geometry is ray cast through them, so perturbed cameras give point maps that
-                are exact for those (wrong) poses.
+            cameras: the poses (and intrinsics) the prior reports, one per training view, for the full
+                image size; default: the reference cameras. Depth and colours stay those of the
+                training images and the point maps are unprojected with these cameras: e.g. with
+                :func:`perturb_cameras` this is a prior whose per-view geometry is right but whose
+                poses are off, as feed-forward priors are.
             stride: point-map pixel (i, j) covers image pixels [stride*i, stride*(i+1)) x
-                [stride*j, stride*(j+1)); its point is that of the ray through the block's centre and its
-                colour the block's average (render at the reduced size, which integrates the same area).
+                [stride*j, stride*(j+1)); its depth is that of the ray through the block's centre and its
+                colour the block's average (rendered at the reduced size, which integrates that area).
             noise: relative z-depth noise (std of a multiplicative N(1, noise) factor per pixel),
                 deterministic given ``cfg.seed``.
 
         Returns:
             PriorResult with conf = 1 everywhere, ``depth`` set and ``info={"prior": "oracle", ...}``.
         """
-        cams = self.views.cameras if cameras is None else cameras
+        ref = self.views.cameras
+        cams = ref if cameras is None else cameras.clone()
+        if len(cams) != len(ref) or not torch.equal(cams.sizes, ref.sizes):
+            raise ReconError(f"oracle prior needs {len(ref)} cameras of the training views' size")
         if stride < 1:
             raise ReconError(f"prior stride must be >= 1, got {stride}")
+        cams.names = list(ref.names)
+        small_ref = ref if stride == 1 else ref.scaled(1.0 / stride)
         small = cams if stride == 1 else cams.scaled(1.0 / stride)
         W, H = _image_size(small)
-        colors, depth = self.render(small)
+        colors, depth = self.render(small_ref)
         if noise > 0:
             rng = np.random.default_rng(self.cfg.seed + 7919)
             depth = depth * torch.from_numpy(1.0 + noise * rng.standard_normal(tuple(depth.shape))).float()

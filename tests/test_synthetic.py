@@ -134,6 +134,15 @@ def test_oracle_prior_matches_geometry(scene):
     pooled = scene.views.images.reshape(8, 48, 2, 64, 2, 3).mean((2, 4))
     assert (prior.colors - pooled).abs().mean() < 0.02
     assert torch.equal(prior.conf, torch.ones(8, 48, 64))
+    # a prior with wrong poses: same depth and colours, point maps placed by its own cameras
+    pert = perturb_cameras(cams, rot_deg=2.0, trans=0.1, seed=0)
+    off = scene.prior_result(cameras=pert, stride=2)
+    assert torch.equal(off.colors, prior.colors) and torch.equal(off.depth, prior.depth)
+    z_off = transform_points(pert.w2c.double(), off.pointmaps.reshape(8, -1, 3).double())[..., 2]
+    assert torch.allclose(z_off.reshape(8, 48, 64), prior.depth.double(), rtol=1e-5)
+    assert (off.pointmaps - prior.pointmaps).norm(dim=-1).mean() > 0.05
+    with pytest.raises(ReconError):
+        scene.prior_result(cameras=cams.subset([0, 1]))
     noisy = scene.prior_result(stride=2, noise=0.01)
     rel = noisy.depth / prior.depth - 1
     assert abs(float(rel.std()) - 0.01) < 0.001 and abs(float(rel.mean())) < 0.001
