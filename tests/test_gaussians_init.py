@@ -77,7 +77,7 @@ def test_covisibility_keeps_each_surface_sample_once(scene4, prior4):
     assert len(gs) < 0.4 * n_raw
     assert stats.views[0].n_kept == 64 * 48  # the first-ranked view keeps everything
     assert sum(v.n_kept for v in stats.views) == len(gs)
-    assert all(v.n_kept + v.n_covisible + v.n_low_conf == v.n_pixels for v in stats.views)
+    assert all(v.n_kept + v.n_covisible + v.n_low_conf + v.n_invalid == v.n_pixels for v in stats.views)
 
     # no region is lost: every training pixel's surface point has a Gaussian within ~2 pixel footprints
     pts = prior4.pointmaps.reshape(-1, 3).numpy()
@@ -131,6 +131,17 @@ def test_voxel_downsample_keeps_the_most_confident_point_per_voxel():
         if c not in best or score[i] > score[best[c]]:
             best[c] = i
     assert sorted(best.values()) == idx.tolist()
+
+
+def test_non_finite_points_are_skipped(prior4):
+    pm = prior4.pointmaps.clone()
+    pm[3, :10] = float("nan")
+    pm[3, 10:20, :5] = float("inf")
+    bad = PriorResult(prior4.cameras, pm, prior4.conf, prior4.colors, prior4.depth)
+    gs, stats = init_from_prior(bad, InitConfig(covis=False))
+    assert bool(torch.isfinite(gs.means).all()) and bool(torch.isfinite(gs.log_scales).all())
+    assert stats.views[3].n_invalid == 10 * 64 + 10 * 5
+    assert len(gs) == 4 * 64 * 48 - stats.views[3].n_invalid
 
 
 def test_no_confident_point_is_a_recon_error(prior4):

@@ -81,13 +81,18 @@ class InitConfig:
 
 @dataclass
 class ViewInitStats:
-    """What happened to one view's pixels (counts of point-map pixels)."""
+    """What happened to one view's pixels (point-map pixel counts; the last four add up to n_pixels).
+
+    n_low_conf: conf <= threshold; n_invalid: confident but non-finite or behind the own camera;
+    n_covisible: explained by an earlier-ranked view; n_kept: sent on to the cap.
+    """
 
     name: str
     rank: int
     score: float
     n_pixels: int
     n_low_conf: int
+    n_invalid: int
     n_covisible: int
     n_kept: int
 
@@ -345,6 +350,7 @@ def init_from_prior(prior: PriorResult, cfg: InitConfig | None = None) -> tuple[
                 score=scores[v],
                 n_pixels=int(valid[v].numel()),
                 n_low_conf=int(low[v].sum()),
+                n_invalid=int((~valid[v] & ~low[v]).sum()),
                 n_covisible=int((valid[v] & ~keep[v]).sum()),
                 n_kept=int(keep[v].sum()),
             )
