@@ -280,8 +280,11 @@ def voxel_downsample(points: np.ndarray, score: np.ndarray, voxel_size: float) -
     if len(points) == 0:
         return np.zeros(0, dtype=np.int64)
     cell = np.floor((points - points.min(0)) / voxel_size).astype(np.int64)
-    _, key = np.unique(cell, axis=0, return_inverse=True)
-    key = key.reshape(-1)
+    dims = cell.max(0) + 1
+    if float(np.prod(dims.astype(np.float64))) < 2.0**62:  # one int64 key per voxel: a fast 1-D sort
+        key = (cell[:, 0] * dims[1] + cell[:, 1]) * dims[2] + cell[:, 2]
+    else:
+        key = np.unique(cell, axis=0, return_inverse=True)[1].reshape(-1)
     # sort by voxel, then by descending score, then by index; the first of each voxel wins
     order = np.lexsort((np.arange(len(points)), -score, key))
     first = np.ones(len(order), dtype=bool)
@@ -312,6 +315,15 @@ def cap_points(
     lo = used if used is not None else span * 1e-6  # too fine (or already applied)
     hi = span * 1.01  # one voxel holds everything
     best = voxel_downsample(P, S, hi)
+    # a surface sampled densely fills about (span / v)^2 voxels: bracket the answer around that
+    guess = span / np.sqrt(max_points)
+    for v in (guess / 4, guess * 4):
+        if lo < v < hi:
+            sel = voxel_downsample(P, S, v)
+            if len(sel) > max_points:
+                lo = v
+            else:
+                hi, best = v, sel
     for _ in range(30):
         if hi / lo < 1.02:
             break
