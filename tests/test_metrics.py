@@ -115,6 +115,8 @@ def test_pose_metrics_one_rotated_camera():
     assert m["rre_deg"] == pytest.approx(4 * 10.5 / 10, abs=1e-6)
     assert m["rte_deg"] == pytest.approx(0.0, abs=1e-6)
     assert m["ate"] == pytest.approx(0.0, abs=1e-9)  # centres did not move
+    # The best global rotation spreads the one 10.5 degree error over the cameras: between 10.5/5 and 10.5.
+    assert 10.5 / 5 - 1e-6 <= m["rot_err_deg"] < 10.5
     assert m["auc"]["5"] == pytest.approx(0.6)
     assert m["auc"]["15"] == pytest.approx((10 * 0.6 + 5 * 1.0) / 15)
     assert m["auc"]["30"] == pytest.approx((10 * 0.6 + 20 * 1.0) / 30)
@@ -150,6 +152,16 @@ def test_ate_units_and_fraction():
     centres = torch.linalg.inv(ref)[:, :3, 3]
     diameter = max(float((a - b).norm()) for a in centres for b in centres)
     assert m["ate_frac"] == pytest.approx(m["ate"] / diameter, rel=1e-9)
+
+
+def test_rotation_error_is_gauge_free_for_collinear_cameras():
+    # Cameras on a line: centres alone cannot fix a rotation about that line, orientations can.
+    eyes = [torch.tensor([x, 0.0, 0.0], dtype=torch.float64) for x in (-1.0, 0.0, 1.0)]
+    ref = torch.stack([look_at_w2c(e, e + torch.tensor([0.2, 1.0, 0.1], dtype=torch.float64)) for e in eyes])
+    R = so3_exp(torch.tensor([0.4, 0.0, 0.0], dtype=torch.float64))  # a rotation about the line (x axis)
+    est = sim3_transform_w2c(ref, 1.0, R, torch.zeros(3, dtype=torch.float64))
+    m = pose_metrics(est, ref)
+    assert m["rot_err_deg"] == pytest.approx(0.0, abs=1e-6) and m["ate"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_pose_auc_definition():

@@ -152,6 +152,20 @@ def _rotation_error_deg(R_a: Tensor, R_b: Tensor) -> Tensor:
     return torch.rad2deg(so3_log(R_a @ R_b.transpose(-1, -2)).norm(dim=-1))
 
 
+def _align_orientations(est_w2c: Tensor, ref_w2c: Tensor) -> Tensor:
+    """Rotations of ``est_w2c`` (N, 3, 3) after the one global rotation that best aligns them with ``ref``.
+
+    Under a world rotation R_w, w2c rotations become R_i R_w^T and the camera axes (rows of R_i, in world
+    coordinates) rotate by R_w. Fitting R_w to the axes and their negations (centroid 0, so Umeyama's
+    translation vanishes) is the chordal-L2 rotation alignment. Unlike an alignment fitted on camera
+    centres, it is well determined even when the centres are (nearly) collinear, e.g. a forward arc.
+    """
+    axes_est = est_w2c[:, :3, :3].reshape(-1, 3)
+    axes_ref = ref_w2c[:, :3, :3].reshape(-1, 3)
+    _, R_w, _ = umeyama(torch.cat([axes_est, -axes_est]), torch.cat([axes_ref, -axes_ref]), with_scale=False)
+    return est_w2c[:, :3, :3] @ R_w.T
+
+
 def _angle_between_deg(a: Tensor, b: Tensor) -> Tensor:
     """Angle (degrees) between vectors (..., 3); 0 when either is (near) zero-length."""
     na = a.norm(dim=-1)
@@ -222,8 +236,8 @@ def pose_metrics(
         ``ate``: RMSE of the registered camera centres after the Umeyama similarity (est -> ref) fitted on
         them, in reference units (NaN with fewer than 2 registered views);
         ``ate_frac``: ``ate`` / reference trajectory diameter (max pairwise distance of reference centres);
-        ``rot_err_deg``: mean absolute rotation error of registered cameras after that alignment (only
-        meaningful when the centres determine the rotation, i.e. >= 3 non-collinear cameras);
+        ``rot_err_deg``: mean absolute rotation error of the registered cameras after the global rotation
+        that best aligns their orientations (independent of the centres, so also defined for 2 cameras);
         ``rre_deg``, ``rte_deg``: mean relative rotation / translation-direction errors over all pairs;
         ``auc``: {"5", "15", "30"} mAA of max(RRE, RTE) per pair; ``n_views``, ``n_registered``, ``n_pairs``.
         Undefined values are None (not NaN) so the dict is valid JSON.
@@ -247,9 +261,13 @@ def pose_metrics(
         s, R, t = umeyama(c_est, c_ref[reg])
         aligned = sim3_transform_w2c(est[reg], s, R, t)
         ate = float(((camera_centers(aligned) - c_ref[reg]) ** 2).sum(-1).mean().sqrt())
-        rot_err = float(_rotation_error_deg(aligned[:, :3, :3], ref[reg][:, :3, :3]).mean())
     else:
-        ate = rot_err = float("nan")
+        ate = float("nan")
+    if n_reg >= 1:
+        rot_aligned = _align_orientations(est[reg], ref[reg])
+        rot_err = float(_rotation_error_deg(rot_aligned, ref[reg][:, :3, :3]).mean())
+    else:
+        rot_err = float("nan")
     ate_frac = ate / diameter if diameter > 0 else float("nan")
 
     # Relative errors over all pairs; pairs with an unregistered view count as 180 degrees.
