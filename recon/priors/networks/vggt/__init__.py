@@ -16,12 +16,24 @@ from recon.priors.networks.vggt.pose_encoding import (
     pose_encoding_to_extrinsic_intrinsic,
     pose_encoding_to_w2c_K,
 )
+from recon.priors.networks.vggt.preprocess import (
+    VGGTPrediction,
+    network_crop,
+    outputs_to_image,
+    predict,
+    prepare_images,
+)
 
 __all__ = [
     "VGGT",
     "VGGTConfig",
+    "VGGTPrediction",
     "build_vggt",
+    "network_crop",
+    "outputs_to_image",
     "pose_encoding_to_extrinsic_intrinsic",
     "pose_encoding_to_w2c_K",
+    "predict",
+    "prepare_images",
     "vggt_config_from_dict",
 ]

@@ -1,4 +1,4 @@
-"""DINOv2 ViT with register tokens, as VGGT uses it to embed image patches (keys ``aggregator.patch_embed.*``).
+"""DINOv2 ViT with register tokens: VGGT's patch embed (keys ``aggregator.patch_embed.*``).
 
 Forward (inference path), for images (B, 3, H, W) with H, W multiples of the patch size p:
 
