@@ -215,9 +215,12 @@ def test_full_size_key_layout(fixture):
     assert all(sd[k].dim() == tiny[k].dim() for k in tiny)
     fs = cfg["patch_embed_vit"]["official_full_size"]
     assert tuple(sd["aggregator.patch_embed.pos_embed"].shape) == tuple(fs["pos_embed_shape"])
-    n_blocks = {_collapse(k).split(".#.")[0] for k in sd if ".#." in _collapse(k)}
-    assert "aggregator.frame_blocks" in n_blocks
-    assert max(int(k.split(".")[2]) for k in sd if k.startswith("aggregator.frame_blocks.")) + 1 == 24
+    for blocks, depth in (
+        ("aggregator.frame_blocks.", cfg["aggregator"]["official_full_size"]["depth"]),
+        ("aggregator.global_blocks.", cfg["aggregator"]["official_full_size"]["depth"]),
+        ("aggregator.patch_embed.blocks.", fs["depth"]),
+    ):
+        assert max(int(k[len(blocks) :].split(".")[0]) for k in sd if k.startswith(blocks)) + 1 == depth
     assert sd["camera_head.token_norm.weight"].shape[0] == cfg["camera_head"]["official_full_size"]["dim_in"]
     dfs = cfg["dpt_heads"]["official_full_size"]
     assert [sd[f"depth_head.projects.{i}.weight"].shape[0] for i in range(4)] == dfs["out_channels"]
