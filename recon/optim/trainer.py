@@ -1,0 +1,479 @@
+"""Joint optimisation of Gaussians and camera poses against the training images (3DGS-style, with
+InstantSplat's pose refinement).
+
+Poses: each camera has a 6-vector delta ``(v / extent, omega)`` and ``w2c = se3_exp(xi) @ w2c_ref`` with
+``xi = (extent * v, omega)`` (CONVENTIONS: left-multiplied se(3) on w2c, reference pose kept). Scaling
+the translation by the scene extent makes one learning rate mean the same for rotation (radians) and
+translation (fractions of the scene) in every scene.
+
+Determinism: every random choice (view order, split sampling) comes from one ``torch.Generator`` seeded
+with ``TrainConfig.seed`` whose state is checkpointed, and learning rates are pure functions of the step,
+so a resumed run reproduces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from recon.cameras import Cameras, camera_centers, se3_exp
+from recon.errors import ReconError
+from recon.eval.metrics import psnr_per_image
+from recon.gaussians import Gaussians, num_sh_bases
+from recon.optim.checkpoint import load_checkpoint, save_checkpoint
+from recon.optim.losses import pearson_depth_loss, photometric_loss
+from recon.optim.schedules import exp_decay, sh_degree_at
+from recon.optim.strategy import DensifyConfig, DensifyStrategy
+from recon.render import rasterize, render_gaussians
+
+Tensor = torch.Tensor
+
+GAUSSIAN_FIELDS = ("means", "quats", "log_scales", "opacity_logits", "sh0", "shN")
+
+
+@dataclass
+class TrainConfig:
+    """Joint Gaussian + pose optimisation (defaults follow 3DGS's learning rates, compressed to ``iters``)."""
+
+    iters: int = 1000
+    """Optimisation steps."""
+    means_lr: float = 1.6e-4
+    """Initial learning rate of the Gaussian centres, times the scene extent (3DGS)."""
+    means_lr_final: float = 1.6e-6
+    """Final learning rate of the centres (exponential decay over the run), times the scene extent."""
+    quats_lr: float = 1e-3
+    """Learning rate of the Gaussian rotations (quaternions)."""
+    scales_lr: float = 5e-3
+    """Learning rate of the log-scales."""
+    opacity_lr: float = 5e-2
+    """Learning rate of the opacity logits."""
+    sh0_lr: float = 2.5e-3
+    """Learning rate of the DC colour coefficients."""
+    shN_lr: float = 2.5e-3 / 20
+    """Learning rate of the higher-order SH coefficients."""
+    sh_degree: int = 3
+    """Maximum spherical-harmonic degree of the colours."""
+    sh_increase_every: int = 200
+    """Raise the active SH degree by one every this many steps (0: use ``sh_degree`` from the start)."""
+    optimize_poses: bool = True
+    """Refine the camera poses jointly with the Gaussians."""
+    pose_lr: float = 1e-3
+    """Initial learning rate of the pose deltas (radians; translation in units of the scene extent)."""
+    pose_lr_final: float = 1e-5
+    """Final pose learning rate (exponential decay over the run)."""
+    pose_warmup: int = 0
+    """Ramp the pose learning rate up linearly over this many first steps."""
+    pose_reg: float = 0.0
+    """Weight of an L2 penalty on the pose deltas (keeps poses near the prior's)."""
+    fix_first_pose: bool = False
+    """Keep the first camera at its initial pose (removes the gauge freedom of the joint problem)."""
+    ssim_lambda: float = 0.2
+    """Weight of D-SSIM in the photometric loss (1 - l) * L1 + l * (1 - SSIM)."""
+    depth_lambda: float = 0.0
+    """Weight of the Pearson depth-correlation loss (only when depth priors are passed to ``train``)."""
+    densify: bool = False
+    """Densify and prune Gaussians during training (simplified 3DGS strategy)."""
+    densify_cfg: DensifyConfig = field(default_factory=DensifyConfig)
+    """Densification schedule and thresholds."""
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Background colour behind the Gaussians (RGB in [0, 1])."""
+    batch_size: int = 1
+    """Views rendered per step (random order without replacement, reshuffled every epoch)."""
+    scene_extent: float = 0.0
+    """Length scale for position learning rates and thresholds; 0 computes it from cameras and Gaussians."""
+    seed: int = 0
+    """Seed of all randomness in training (view order, splits)."""
+    checkpoint_every: int = 500
+    """Write a resumable checkpoint every this many steps when a checkpoint folder is given (0: never)."""
+    log_every: int = 10
+    """Append mean loss/PSNR of the last steps to the history every this many steps."""
+    callback_every: int = 10
+    """Call the training callback (e.g. the live viewer) every this many steps."""
+
+
+@dataclass
+class TrainControl:
+    """Requests a viewer (another thread) can make of a running trainer; checked once per step."""
+
+    pause: threading.Event = field(default_factory=threading.Event)
+    """While set, training waits before its next step."""
+    stop: threading.Event = field(default_factory=threading.Event)
+    """When set, training ends after the current step and returns what it has."""
+
+
+@dataclass
+class TrainState:
+    """What the callback sees: a snapshot (detached copies) of the current optimisation state."""
+
+    step: int
+    iters: int
+    loss: float
+    psnr: float
+    gaussians: Gaussians
+    cameras: Cameras
+    control: TrainControl
+
+
+@dataclass
+class TrainResult:
+    """Output of :func:`train`.
+
+    Attributes:
+        gaussians: optimised Gaussians (detached).
+        cameras: the training cameras with optimised w2c (K unchanged).
+        history: dicts with step, loss, psnr (training views, mean since the previous entry), lr (means)
+            and the number of Gaussians.
+        seconds: wall time of this call (a resumed run counts only its own time).
+        steps: steps completed (less than ``iters`` when stopped early).
+        stopped: True when training ended early through ``TrainControl.stop``.
+    """
+
+    gaussians: Gaussians
+    cameras: Cameras
+    history: list[dict]
+    seconds: float
+    steps: int = 0
+    stopped: bool = False
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def scene_extent(cameras: Cameras, means: Tensor | None = None) -> float:
+    """Scene length scale: 3DGS's 1.1 x the largest camera distance from the cameras' centroid.
+
+    Sparse or nearly coincident cameras make that tiny, so it is floored at a tenth of the median distance
+    from that centroid to the Gaussians (when given).
+    """
+    c = camera_centers(cameras.w2c.detach().double())
+    centroid = c.mean(0)
+    radius = float((c - centroid).norm(dim=-1).max()) if len(c) > 1 else 0.0
+    floor = 0.0
+    if means is not None and means.numel():
+        floor = 0.1 * float((means.detach().double().cpu() - centroid.cpu()).norm(dim=-1).median())
+    extent = 1.1 * max(radius, floor)
+    return extent if extent > 0 else 1.0
+
+
+def background_tensor(background, device, dtype=torch.float32) -> Tensor | None:
+    if background is None:
+        return None
+    return torch.as_tensor(background, dtype=dtype, device=device).reshape(3)
+
+
+def render_images(
+    gaussians: Gaussians,
+    cameras: Cameras,
+    background: Tensor | tuple[float, float, float] | None = None,
+) -> Tensor:
+    """Colours (N, H, W, 3) of ``gaussians`` seen from every camera (all of one image size).
+
+    A thin loop over :func:`recon.render.render_gaussians`, one camera at a time so that memory stays
+    bounded for many views. No gradients are needed by a viewer or for evaluation: call it under
+    ``torch.no_grad()`` there.
+    """
+    if len(cameras) == 0:
+        raise ReconError("no cameras to render")
+    if not bool((cameras.sizes == cameras.sizes[0]).all()):
+        raise ReconError("cameras have different image sizes; render them in separate calls")
+    bg = background_tensor(background, gaussians.means.device, gaussians.means.dtype)
+    renders = [render_gaussians(gaussians, cameras.subset([i]), bg).rgb[..., :3] for i in range(len(cameras))]
+    return torch.cat(renders)
+
+
+def _rasterize(g: Gaussians, w2c: Tensor, K: Tensor, W: int, H: int, sh_degree: int, bg: Tensor | None):
+    """One rasteriser call for Gaussians ``g`` seen from C cameras (w2c (C,4,4), K (C,3,3))."""
+    a = g.activated()
+    return rasterize(
+        a["means"], a["quats"], a["scales"], a["opacities"], a["sh"], w2c, K, W, H,
+        sh_degree=sh_degree, background=None if bg is None else bg.expand(w2c.shape[0], 3),
+    )
+
+
+def _pose_xi(delta: Tensor, extent: float) -> Tensor:
+    """se(3) twists (N, 6) from the optimised deltas (translation in extent units)."""
+    scale = delta.new_tensor([extent, extent, extent, 1.0, 1.0, 1.0])
+    return delta * scale
+
+
+def apply_pose_deltas(w2c_ref: Tensor, delta: Tensor, extent: float) -> Tensor:
+    """w2c (N, 4, 4) = se3_exp(xi) @ w2c_ref for the optimised deltas (N, 6)."""
+    return se3_exp(_pose_xi(delta, extent)) @ w2c_ref
+
+
+def _pad_sh(shN: Tensor, degree: int) -> Tensor:
+    """shN resized to ``degree``'s (degree+1)^2 - 1 coefficients (zeros appended, or higher bands dropped)."""
+    k = num_sh_bases(degree) - 1
+    if shN.shape[1] >= k:
+        return shN[:, :k].clone()
+    return torch.cat([shN, shN.new_zeros(shN.shape[0], k - shN.shape[1], 3)], dim=1)
+
+
+def _check_inputs(gaussians: Gaussians, cameras: Cameras, images: Tensor, depths: Tensor | None) -> None:
+    if images.dim() != 4 or images.shape[-1] != 3:
+        raise ReconError(f"training images must be (N, H, W, 3), got {tuple(images.shape)}")
+    if images.shape[0] != len(cameras):
+        raise ReconError(f"{images.shape[0]} training images for {len(cameras)} cameras")
+    H, W = images.shape[1:3]
+    if not bool((cameras.sizes[:, 0] == W).all() and (cameras.sizes[:, 1] == H).all()):
+        raise ReconError(
+            f"camera sizes {cameras.sizes.tolist()[:3]}... do not match the {W}x{H} images; scale the cameras"
+        )
+    if len(gaussians) == 0:
+        raise ReconError("no Gaussians to optimise: the initialisation produced an empty point cloud")
+    if depths is not None and depths.shape[:3] != images.shape[:3]:
+        raise ReconError(f"depth priors {tuple(depths.shape)} do not match images {tuple(images.shape)}")
+
+
+class _ViewSampler:
+    """Random view order without replacement, reshuffled each epoch, from the trainer's generator."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n = n
+        self.gen = generator
+        self.queue: list[int] = []
+
+    def next(self, k: int) -> list[int]:
+        k = min(k, self.n)
+        out: list[int] = []
+        while len(out) < k:
+            if not self.queue:
+                self.queue = torch.randperm(self.n, generator=self.gen).tolist()
+            v = self.queue.pop()
+            if v not in out:
+                out.append(v)
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The trainer
+# --------------------------------------------------------------------------------------------------
+
+
+def _lr_table(cfg: TrainConfig, extent: float) -> dict[str, float]:
+    return {
+        "means": cfg.means_lr * extent,
+        "quats": cfg.quats_lr,
+        "log_scales": cfg.scales_lr,
+        "opacity_logits": cfg.opacity_lr,
+        "sh0": cfg.sh0_lr,
+        "shN": cfg.shN_lr,
+    }
+
+
+def _make_optimizer(params: dict[str, Tensor], lrs: dict[str, float]) -> torch.optim.Adam:
+    # eps 1e-15 as 3DGS: gradients of individual Gaussians can be tiny.
+    groups = [{"params": [params[k]], "lr": lrs[k], "name": k} for k in GAUSSIAN_FIELDS]
+    return torch.optim.Adam(groups, eps=1e-15)
+
+
+def train(
+    gaussians: Gaussians,
+    cameras: Cameras,
+    images: Tensor,
+    cfg: TrainConfig | None = None,
+    *,
+    depths: Tensor | None = None,
+    ckpt_dir: Path | None = None,
+    resume: bool = False,
+    callback: Callable[[TrainState], None] | None = None,
+    control: TrainControl | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Optimise ``gaussians`` (and, with ``cfg.optimize_poses``, the camera poses) to fit ``images``.
+
+    Args:
+        gaussians: initial Gaussians; their device is the training device. Not modified.
+        cameras: training cameras (initial w2c, K for the image size); same order as ``images``.
+        images: (N, H, W, 3) float in [0, 1], the training views.
+        cfg: configuration (defaults: ``TrainConfig()``).
+        depths: optional (N, H, W) depth priors for the Pearson loss (weight ``cfg.depth_lambda``; affine-
+            invariant, so relative/monocular depth is fine; <= 0 marks missing values).
+        ckpt_dir: folder for ``train_state.pt`` (written every ``cfg.checkpoint_every`` steps, at a stop
+            and at the end).
+        resume: continue from ``ckpt_dir/train_state.pt`` when it exists (the initial Gaussians and poses
+            are then ignored; the camera count must match).
+        callback: called with a :class:`TrainState` every ``cfg.callback_every`` steps and at the end.
+        control: pause/stop requests (a fresh one when None; the callback sees it in ``TrainState``).
+        progress: show a progress bar.
+
+    Returns a :class:`TrainResult`.
+    """
+    cfg = cfg or TrainConfig()
+    t_start = time.perf_counter()
+    _check_inputs(gaussians, cameras, images, depths)
+    device = gaussians.means.device
+    control = control or TrainControl()
+    n_views = len(cameras)
+    H, W = int(images.shape[1]), int(images.shape[2])
+    images = images.to(device=device, dtype=torch.float32)
+    if depths is not None:
+        depths = depths.to(device=device, dtype=torch.float32).reshape(n_views, H, W)
+    K_all = cameras.K.to(device=device, dtype=torch.float32)
+    w2c_ref = cameras.w2c.to(device=device, dtype=torch.float32).detach().clone()
+    bg = background_tensor(cfg.background, device)
+
+    state = load_checkpoint(ckpt_dir, map_location=device) if resume and ckpt_dir is not None else None
+    if state is not None and state["pose_delta"].shape[0] != n_views:
+        raise ReconError(
+            f"checkpoint in {ckpt_dir} is for {state['pose_delta'].shape[0]} views, not {n_views}; "
+            "delete it or use another output folder"
+        )
+    if state is not None:
+        extent = float(state["extent"])
+        params = {k: state["gaussians"][k].to(device) for k in GAUSSIAN_FIELDS}
+    else:
+        extent = cfg.scene_extent if cfg.scene_extent > 0 else scene_extent(cameras, gaussians.means)
+        params = {k: getattr(gaussians, k).detach().to(device, torch.float32) for k in GAUSSIAN_FIELDS}
+        params["shN"] = _pad_sh(params["shN"], cfg.sh_degree)
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    lrs = _lr_table(cfg, extent)
+    optimizer = _make_optimizer(params, lrs)
+    # One 6-vector per camera, each its own Adam parameter: a camera that is not in this step's batch has
+    # no gradient, and Adam skips it instead of coasting on stale momentum (a per-camera sparse Adam).
+    fixed = {0} if cfg.fix_first_pose else set()
+    pose_params = [
+        torch.zeros(6, device=device, requires_grad=cfg.optimize_poses and i not in fixed)
+        for i in range(n_views)
+    ]
+    trainable = [p for p in pose_params if p.requires_grad]
+    pose_opt = torch.optim.Adam(trainable, lr=cfg.pose_lr) if trainable else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    sampler = _ViewSampler(n_views, gen)
+    strategy = DensifyStrategy(cfg.densify_cfg, extent, len(params["means"]), device) if cfg.densify else None
+    history: list[dict] = []
+    step = 0
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            for p, saved in zip(pose_params, state["pose_delta"], strict=True):
+                p.copy_(saved)
+        if pose_opt is not None and state["pose_optimizer"] is not None:
+            pose_opt.load_state_dict(state["pose_optimizer"])
+        gen.set_state(state["generator"])
+        sampler.queue = [int(v) for v in state["view_queue"]]
+        if strategy is not None and state.get("strategy") is not None:
+            strategy.load_state_dict(
+                {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in state["strategy"].items()}
+            )
+        history = list(state["history"])
+        step = int(state["step"])
+
+    def current_w2c() -> Tensor:
+        return apply_pose_deltas(w2c_ref, torch.stack(pose_params), extent)
+
+    def snapshot_gaussians() -> Gaussians:
+        return Gaussians(**{k: v.detach().clone() for k, v in params.items()})
+
+    def snapshot_cameras() -> Cameras:
+        with torch.no_grad():
+            return cameras.with_w2c(current_w2c().to(cameras.w2c.device))
+
+    def checkpoint() -> None:
+        if ckpt_dir is None:
+            return
+        save_checkpoint(ckpt_dir, {
+            "step": step,
+            "extent": extent,
+            "gaussians": {k: v.detach() for k, v in params.items()},
+            "optimizer": optimizer.state_dict(),
+            "pose_delta": torch.stack(pose_params).detach(),
+            "pose_optimizer": None if pose_opt is None else pose_opt.state_dict(),
+            "generator": gen.get_state(),
+            "view_queue": list(sampler.queue),
+            "strategy": None if strategy is None else strategy.state_dict(),
+            "history": history,
+            "log_acc": [loss_sum, psnr_sum, n_acc],
+            "config": dataclasses.asdict(cfg),
+        })
+
+    loss_sum, psnr_sum, n_acc = (0.0, 0.0, 0) if state is None else state["log_acc"]
+    last_loss = last_psnr = float("nan")
+    stopped = False
+    bar = Progress(
+        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(), transient=True, disable=not progress,
+    )
+    with bar:
+        task = bar.add_task("train", total=cfg.iters, completed=step, info="")
+        while step < cfg.iters:
+            while control.pause.is_set() and not control.stop.is_set():
+                time.sleep(0.05)
+            if control.stop.is_set():
+                stopped = True
+                break
+            lr_scale = exp_decay(step, cfg.iters, 1.0, cfg.means_lr_final / cfg.means_lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lrs[group["name"]] * (lr_scale if group["name"] == "means" else 1.0)
+            pose_lr = exp_decay(step, cfg.iters, cfg.pose_lr, cfg.pose_lr_final, cfg.pose_warmup)
+            if pose_opt is not None:
+                for group in pose_opt.param_groups:
+                    group["lr"] = pose_lr
+
+            batch = sampler.next(cfg.batch_size)
+            ids = torch.tensor(batch, device=device)
+            delta = torch.stack([pose_params[i] for i in batch])
+            w2c = apply_pose_deltas(w2c_ref[ids], delta, extent)
+            g = Gaussians(**params)
+            degree = sh_degree_at(step, cfg.sh_degree, cfg.sh_increase_every)
+            out = _rasterize(g, w2c, K_all[ids], W, H, degree, bg)
+            rgb = out.rgb[..., :3]
+            gt = images[ids]
+            loss = photometric_loss(rgb, gt, cfg.ssim_lambda)
+            if depths is not None and cfg.depth_lambda > 0:
+                d_prior = depths[ids]
+                mask = (d_prior > 0) & (out.alpha[..., 0] > 0.5)
+                loss = loss + cfg.depth_lambda * pearson_depth_loss(out.depth[..., 0], d_prior, mask)
+            if pose_opt is not None and cfg.pose_reg > 0:
+                loss = loss + cfg.pose_reg * delta.square().sum(-1).mean()
+            loss.backward()
+            if strategy is not None:
+                strategy.accumulate(out.means2d, out.radii, W, H)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if pose_opt is not None:
+                pose_opt.step()
+                pose_opt.zero_grad(set_to_none=True)
+            step += 1
+            if strategy is not None:
+                strategy.step(step, params, optimizer, gen)
+
+            last_loss = float(loss.detach())
+            last_psnr = float(psnr_per_image(rgb.detach().clamp(0, 1), gt).mean())
+            if not math.isfinite(last_loss):
+                raise ReconError(
+                    f"training diverged at step {step} (loss {last_loss}); lower the learning rates"
+                )
+            loss_sum += last_loss
+            psnr_sum += last_psnr
+            n_acc += 1
+            if step % max(cfg.log_every, 1) == 0 or step == cfg.iters:
+                history.append({
+                    "step": step, "loss": loss_sum / n_acc, "psnr": psnr_sum / n_acc,
+                    "lr": optimizer.param_groups[0]["lr"], "pose_lr": pose_lr,
+                    "num_gaussians": int(params["means"].shape[0]),
+                })
+                loss_sum = psnr_sum = 0.0
+                n_acc = 0
+            bar.update(task, completed=step, info=f"loss {last_loss:.4f}  PSNR {last_psnr:5.2f} dB")
+            if callback is not None and cfg.callback_every > 0 and step % cfg.callback_every == 0:
+                callback(TrainState(step, cfg.iters, last_loss, last_psnr, snapshot_gaussians(),
+                                    snapshot_cameras(), control))
+            if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0:
+                checkpoint()
+    checkpoint()
+    result_g = snapshot_gaussians()
+    result_c = snapshot_cameras()
+    if callback is not None:
+        callback(TrainState(step, cfg.iters, last_loss, last_psnr, result_g, result_c, control))
+    return TrainResult(result_g, result_c, history, time.perf_counter() - t_start, step, stopped)
