@@ -121,7 +121,7 @@ def reconstruct(
     timings: dict[str, float] = {}
     if prior is None:
         prior = estimate_geometry(views, cfg, device)
-    timings["prior"] = time.perf_counter() - t0
+        timings["prior"] = time.perf_counter() - t0
     if len(prior.cameras) < 2:
         reasons = "; ".join(f"{k}: {v}" for k, v in prior.failed.items())
         raise ReconError(f"could place only {len(prior.cameras)} of {len(views)} views ({reasons})")
@@ -216,13 +216,16 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache" / "prior.safetensors"
     prior = load_prior(cache) if resume and cache.is_file() else None
+    t_prior = time.perf_counter()
     if prior is None:
         prior = estimate_geometry(train_views, cfg, resolve_device(cfg.device))
         save_prior(cache, prior)
+    t_prior = time.perf_counter() - t_prior
     recon = reconstruct(
         train_views, cfg, prior=prior, ckpt_dir=out / "checkpoints", resume=resume, callback=callback,
         progress=progress,
     )
+    recon.metrics["timings"]["prior"] = t_prior
     with torch.no_grad():
         train_renders = render_images(recon.gaussians, recon.cameras, None)
     renders = {"train": (recon.views.names, train_renders, recon.views.images)}
