@@ -89,7 +89,11 @@ def test_gradients_match_finite_differences_including_camera_pose():
         )
 
     inputs = [t.clone().requires_grad_() for t in (means, quats, scales, opac, sh, w2c)]
-    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-6, rtol=1e-4)
+    # Every entry of the w2c and means Jacobians, then a random projection of the full one (fast mode).
+    assert torch.autograd.gradcheck(
+        lambda m, T: loss(m, *inputs[1:5], T), (inputs[0], inputs[5]), eps=1e-6, atol=1e-6, rtol=1e-4
+    )
+    assert torch.autograd.gradcheck(loss, inputs, eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
     grads = torch.autograd.grad(loss(*inputs).sum(), inputs)
     assert float(grads[-1][:, :3, :].abs().max()) > 1e-3  # the pose gradient is really exercised
     assert float(grads[-1][:, 3, :].abs().max()) == 0  # the constant last row of w2c is not used
@@ -186,3 +190,30 @@ def test_gsplat_backend_matches_torch_backend_on_cuda():
     assert a.backend == "gsplat"  # (its radii use an opacity-aware box, so they are not compared)
     for x, y in ((a.rgb, b.rgb), (a.alpha, b.alpha), (a.depth, b.depth)):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+
+
+def test_gsplat_backend_call_and_channel_split(monkeypatch):
+    """Without CUDA, check the plumbing of the gsplat backend against a stand-in for gsplat.rasterization."""
+    gsplat = pytest.importorskip("gsplat")
+    from recon.render.gsplat_backend import rasterize_gsplat
+
+    seen = {}
+
+    def fake_rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height, **kw):
+        seen.update(kw, width=width, height=height)
+        C = viewmats.shape[0]
+        renders = torch.arange(C * height * width * 4, dtype=torch.float32).reshape(C, height, width, 4)
+        return renders, torch.full((C, height, width, 1), 0.5), {"means2d": "m2", "radii": "r"}
+
+    monkeypatch.setattr(gsplat, "rasterization", fake_rasterization)
+    means, quats, scales, opac, sh, w2c, K = tiny_scene(n=5, dtype=torch.float32)
+    rgb, alpha, depth, means2d, radii = rasterize_gsplat(
+        means, quats, scales, opac, sh, w2c, K, 12, 10,
+        sh_degree=1, background=None, near_plane=0.2, far_plane=50.0, eps2d=0.3, tile_size=16,
+    )  # fmt: skip
+    assert seen["render_mode"] == "RGB+ED" and seen["packed"] is False
+    assert seen["rasterize_mode"] == "classic" and seen["sh_degree"] == 1
+    assert (seen["near_plane"], seen["far_plane"], seen["eps2d"], seen["tile_size"]) == (0.2, 50.0, 0.3, 16)
+    assert rgb.shape == (2, 10, 12, 3) and depth.shape == (2, 10, 12, 1)
+    assert float(depth[0, 0, 0, 0]) == 3.0 and float(rgb[0, 0, 0, 2]) == 2.0
+    assert (means2d, radii) == ("m2", "r")

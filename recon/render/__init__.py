@@ -119,6 +119,11 @@ def _check_shapes(means, quats, scales, opacities, colors, w2c, K, sh_degree) ->
         raise ValueError("rasterize: bad input shapes: " + "; ".join(problems))
 
 
+def _check_size(width: int, height: int) -> None:
+    if int(width) != width or int(height) != height or width <= 0 or height <= 0:
+        raise ValueError(f"rasterize: image size must be positive integers, got {width} x {height}")
+
+
 def rasterize(
     means: Tensor,
     quats: Tensor,
@@ -156,6 +161,8 @@ def rasterize(
     Everything is differentiable w.r.t. means, quats, scales, opacities, colors and w2c.
     """
     _check_shapes(means, quats, scales, opacities, colors, w2c, K, sh_degree)
+    _check_size(width, height)
+    width, height = int(width), int(height)
     name = _resolve_backend(backend, means.device)
     C = w2c.shape[0]
     if background is not None and background.dim() == 1:
