@@ -15,6 +15,7 @@ tensors only).  ``"auto"`` picks gsplat for CUDA tensors, else native when avail
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -63,8 +64,12 @@ class RenderOutput:
     backend: str
 
 
+@functools.cache
 def _native_module():
-    """The native backend module when it is importable and its kernels are available, else None."""
+    """The native backend module when it is importable and its kernels are available, else None.
+
+    Decided once per process (building the kernels is the native module's business and is slow).
+    """
     try:
         from recon.render import native  # written alongside the C++ kernels; may be missing or unbuildable
     except Exception:  # noqa: BLE001 - any import failure just means "no native backend"
