@@ -7,6 +7,7 @@ The CLI (:mod:`recon.cli`) is a thin layer over :func:`run`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -131,12 +132,14 @@ def reconstruct(
     gaussians, init_stats = init_from_prior(prior, cfg.init)
     timings["init"] = time.perf_counter() - t1
 
+    # Dataset poses are the reference frame of held-out views too: keep them fixed.
+    train_cfg = dataclasses.replace(cfg.train, optimize_poses=False) if cfg.poses == "dataset" else cfg.train
     t2 = time.perf_counter()
     result = train(
         gaussians.to(device),
         prior.cameras.to(device),
         train_views.images.to(device),
-        cfg.train,
+        train_cfg,
         ckpt_dir=ckpt_dir,
         resume=resume,
         callback=callback,
