@@ -158,12 +158,12 @@ def test_wrong_model_type(tmp_path, linear_fixture):
     }
     assert detect_kind(vggt_like) == "vggt" and detect_kind(sd) == "dust3r"
     save_file(vggt_like, str(tmp_path / "vggt.safetensors"))
-    with pytest.raises(ReconError, match="is a VGGT checkpoint, not DUSt3R; use --prior.name vggt"):
+    with pytest.raises(ReconError, match="is a VGGT checkpoint, not DUSt3R; use --prior vggt"):
         load_network("dust3r", tmp_path / "vggt.safetensors")
 
     m = shared_fixture("priors", "mast3r_catmlp_dpt") / "weights.safetensors"
     assert detect_kind(load_file(str(m))) == "mast3r"
-    with pytest.raises(ReconError, match="is a MASt3R checkpoint, not DUSt3R; use --prior.name mast3r"):
+    with pytest.raises(ReconError, match="is a MASt3R checkpoint, not DUSt3R; use --prior mast3r"):
         load_network("dust3r", m)
     with pytest.raises(ReconError, match="is a DUSt3R checkpoint, not MASt3R"):
         load_network("mast3r", shared_fixture("priors", "dust3r_dpt") / "weights.safetensors")

@@ -235,7 +235,7 @@ def check_kind(state_dict: Mapping[str, Tensor], kind: str, path: str | Path) ->
         return
     if found in ("dust3r", "mast3r", "vggt"):
         raise ReconError(
-            f"{path} is a {_KIND_NAMES[found]} checkpoint, not {_KIND_NAMES[kind]}; use --prior.name {found}"
+            f"{path} is a {_KIND_NAMES[found]} checkpoint, not {_KIND_NAMES[kind]}; use --prior {found}"
         )
     what = "a CroCo pre-training model without heads" if found == "croco" else "an unknown model"
     sample = ", ".join(list(state_dict)[:3])
@@ -331,7 +331,7 @@ def _build_vggt(state_dict: Mapping[str, Tensor], config: Mapping | None, path: 
     try:
         from recon.priors.networks.vggt import build_vggt  # provided by the VGGT network module
     except ImportError:
-        raise ReconError("the VGGT network is not available in this build; use --prior.name dust3r") from None
+        raise ReconError("the VGGT network is not available in this build; use --prior dust3r") from None
     check_kind(state_dict, "vggt", path)
     return build_vggt(state_dict, config, path)
 
