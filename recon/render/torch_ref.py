@@ -58,6 +58,9 @@ RADIUS_SIGMAS = 3.33
 #: Elements (tiles x pixels x Gaussians) processed at once by the tile rasteriser.  Small enough that a
 #: chunk's temporaries stay in cache (measured fastest on CPU), and bounds peak memory.
 CHUNK_ELEMENTS = 1 << 16
+#: The forward keeps its per-chunk terms for the backward (instead of recomputing them, ~30% faster) when
+#: they take at most this many bytes (8 tensors of tiles x pixels x Gaussians).
+SAVE_TERMS_BYTES = 256 << 20
 #: Tile size the torch backend uses when the caller leaves it open: the work is ~(2 radius + tile)^2
 #: pixel-Gaussian pairs per Gaussian, so 8 px tiles do 2-3x less work than gsplat's 16 at 128 px.
 DEFAULT_TILE_SIZE = 8
@@ -340,20 +343,27 @@ def _chunk_terms(chunk: _Chunk, bins: _TileBins, means2d, conics, opacities):
 
 
 class _TileRasterize(torch.autograd.Function):
-    """Tile-bucketed compositing with an analytic backward (recomputes the per-chunk terms)."""
+    """Tile-bucketed compositing with an analytic backward (per-chunk terms kept or recomputed)."""
 
     @staticmethod
-    def forward(ctx, means2d, conics, opacities, features, bins: _TileBins, n_tile_rows: int):
+    def forward(
+        ctx, means2d, conics, opacities, features, bins: _TileBins, n_tile_rows: int, keep_terms: bool
+    ):
         # means2d (I, 2), conics (I, 3), opacities (I,), features (I, F): flattened over (camera, Gaussian).
         pix = bins.tile_size**2
         out = means2d.new_zeros(n_tile_rows, pix, features.shape[-1])
         acc = means2d.new_zeros(n_tile_rows, pix)
+        kept = []
         for chunk in bins.chunks:
-            *_, weights, _, _ = _chunk_terms(chunk, bins, means2d, conics, opacities)
+            terms = _chunk_terms(chunk, bins, means2d, conics, opacities)
+            weights = terms[7]
             out[chunk.tiles] = torch.einsum("tpm,tmf->tpf", weights, features[chunk.gauss])
             acc[chunk.tiles] = weights.sum(-1)
+            if keep_terms:
+                kept.append(terms)
         ctx.save_for_backward(means2d, conics, opacities, features)
         ctx.bins = bins
+        ctx.kept = kept
         return out, acc
 
     @staticmethod
@@ -364,10 +374,9 @@ class _TileRasterize(torch.autograd.Function):
         g_conics = torch.zeros_like(conics)
         g_opac = torch.zeros_like(opacities)
         g_feat = torch.zeros_like(features)
-        for chunk in bins.chunks:
-            dx, dy, (a, b, c), opac, alpha, gexp, smooth, weights, t_before, live = _chunk_terms(
-                chunk, bins, means2d, conics, opacities
-            )
+        for i, chunk in enumerate(bins.chunks):
+            terms = ctx.kept[i] if ctx.kept else _chunk_terms(chunk, bins, means2d, conics, opacities)
+            dx, dy, (a, b, c), opac, alpha, gexp, smooth, weights, t_before, live = terms
             gauss = chunk.gauss.flatten()
             feats = features[chunk.gauss]  # (nt, M, F)
             g_o = grad_out[chunk.tiles]  # (nt, P, F)
@@ -393,7 +402,8 @@ class _TileRasterize(torch.autograd.Function):
             gc = -o[..., None] * torch.stack([0.5 * sxx, sxy, 0.5 * syy], -1)
             g_means2d.index_add_(0, gauss, gm.flatten(0, 1))
             g_conics.index_add_(0, gauss, gc.flatten(0, 1))
-        return g_means2d, g_conics, g_opac, g_feat, None, None
+        ctx.kept = []
+        return g_means2d, g_conics, g_opac, g_feat, None, None, None
 
 
 def _untile(x: Tensor, C: int, bins: _TileBins, width: int, height: int) -> Tensor:
@@ -437,6 +447,11 @@ def rasterize_to_pixels(
     D = colors.shape[-1]
     bins = _bin_gaussians(means2d.detach(), radii, depths.detach(), width, height, tile_size, CHUNK_ELEMENTS)
     features = torch.cat([colors, depths[..., None]], dim=-1).reshape(C * N, D + 1)
+    wants_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (means2d, conics, opacities, colors, depths)
+    )
+    pairs = sum(chunk.valid.numel() for chunk in bins.chunks) * tile_size * tile_size
+    keep_terms = wants_grad and 8 * pairs * means2d.element_size() <= SAVE_TERMS_BYTES
     out, acc = _TileRasterize.apply(
         means2d.reshape(C * N, 2),
         conics.reshape(C * N, 3),
@@ -444,6 +459,7 @@ def rasterize_to_pixels(
         features,
         bins,
         C * bins.tiles_x * bins.tiles_y,
+        keep_terms,
     )
     img = _untile(torch.cat([out, acc[..., None]], dim=-1), C, bins, width, height)
     return img[..., :D], img[..., D + 1 :], img[..., D : D + 1]
