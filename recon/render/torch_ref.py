@@ -31,9 +31,10 @@ at ``ALPHA_MAX = 0.99``; results differ only where ``opacity * exp(-sigma) > 0.9
 Culled Gaussians (``radii == 0`` on either axis) never reach a pixel; their ``means2d``/``conics`` are
 finite but otherwise unspecified (exactly as in gsplat's CUDA kernels, which leave them unwritten).
 
-The tile-bucketed stage 2 has an analytic backward (recomputing the per-tile alphas, like gsplat's
-kernels) so that training at 128 px with ~10-20k Gaussians fits in memory and time on a CPU; the all-pairs
-:func:`rasterize_dense` is the autograd oracle that the tests compare it with.
+The tile-bucketed stage 2 has an analytic backward (it keeps the forward's per-tile terms when they fit in
+``SAVE_TERMS_BYTES``, else recomputes them like gsplat's kernels) so that training at 128 px with ~10-20k
+Gaussians fits in memory and time on a CPU; the all-pairs :func:`rasterize_dense` is the autograd oracle
+that the tests compare it with.
 """
 
 from __future__ import annotations
