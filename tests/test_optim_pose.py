@@ -52,6 +52,19 @@ def test_fit_poses_recovers_perturbed_held_out_poses(trained):
     assert losses.shape == (2,) and bool((losses < 0.1).all())
 
 
+def test_fit_poses_in_chunks_matches_one_batch(trained):
+    # Cameras are independent problems: fitting them in chunks of 1 gives the one-batch result.
+    scene, gaussians = trained
+    cams = perturb_cameras(scene.views.cameras.subset([0, 3]), 1.0, 0.05, seed=4)
+    images = scene.views.images[[0, 3]]
+    together, l_together = fit_poses(gaussians, cams, images, iters=10, return_losses=True)
+    apart, l_apart = fit_poses(gaussians, cams, images, iters=10, return_losses=True, max_batch=1)
+    assert apart.names == together.names
+    assert torch.allclose(apart.w2c, together.w2c, atol=1e-5)
+    assert torch.allclose(l_apart, l_together, atol=1e-5)
+    assert not torch.allclose(together.w2c, cams.w2c, atol=1e-4)  # it did move
+
+
 def test_fit_poses_checks_inputs(trained):
     scene, gaussians = trained
     cams = scene.views.cameras

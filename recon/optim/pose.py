@@ -34,6 +34,7 @@ def fit_poses(
     extent: float | None = None,
     sh_degree: int | None = None,
     return_losses: bool = False,
+    max_batch: int = 8,
 ) -> Cameras | tuple[Cameras, Tensor]:
     """Refine the w2c of ``cameras`` so that the frozen ``gaussians`` render like ``images``.
 
@@ -48,6 +49,7 @@ def fit_poses(
         extent: scene length scale (default: :func:`recon.optim.trainer.scene_extent` of these cameras and
             the Gaussians).
         return_losses: also return the final per-camera photometric loss (C,), e.g. to flag failures.
+        max_batch: cameras rendered together per step; more are fitted in consecutive chunks.
 
     Returns cameras with refined w2c (same K, sizes, names), and optionally the losses.
     """
@@ -57,8 +59,16 @@ def fit_poses(
     H, W = int(images.shape[1]), int(images.shape[2])
     if not bool((cameras.sizes[:, 0] == W).all() and (cameras.sizes[:, 1] == H).all()):
         raise ReconError(f"camera sizes do not match the {W}x{H} images given to fit_poses")
-    device = gaussians.means.device
     ext = float(extent) if extent else scene_extent(cameras, gaussians.means)
+    if len(cameras) > max_batch:  # independent problems: fit them in chunks to bound memory
+        chunks = [list(range(i, min(i + max_batch, len(cameras)))) for i in range(0, len(cameras), max_batch)]
+        kw = dict(ssim_lambda=ssim_lambda, background=background, extent=ext, sh_degree=sh_degree,
+                  return_losses=True, max_batch=max_batch)
+        parts = [fit_poses(gaussians, cameras.subset(c), images[c], iters, lr, lr_final, **kw)
+                 for c in chunks]
+        merged = Cameras.cat([p[0] for p in parts])
+        return (merged, torch.cat([p[1] for p in parts])) if return_losses else merged
+    device = gaussians.means.device
     with torch.no_grad():
         a = gaussians.detach().activated()
     degree = gaussians.sh_degree if sh_degree is None else sh_degree

@@ -134,6 +134,8 @@ class TrainResult:
         seconds: wall time of this call (a resumed run counts only its own time).
         steps: steps completed (less than ``iters`` when stopped early).
         stopped: True when training ended early through ``TrainControl.stop``.
+        scene_extent: the length scale used for position learning rates, pose translations and
+            densification thresholds (pass it to :func:`recon.optim.pose.fit_poses` for consistency).
     """
 
     gaussians: Gaussians
@@ -142,6 +144,7 @@ class TrainResult:
     seconds: float
     steps: int = 0
     stopped: bool = False
+    scene_extent: float = 1.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -434,7 +437,7 @@ def train(
                 d_prior = depths[ids]
                 mask = (d_prior > 0) & (out.alpha[..., 0] > 0.5)
                 loss = loss + cfg.depth_lambda * pearson_depth_loss(out.depth[..., 0], d_prior, mask)
-            if pose_opt is not None and cfg.pose_reg > 0:
+            if pose_opt is not None and cfg.pose_reg > 0:  # this batch's cameras, as the photometric term
                 loss = loss + cfg.pose_reg * delta.square().sum(-1).mean()
             loss.backward()
             if strategy is not None:
@@ -476,4 +479,4 @@ def train(
     result_c = snapshot_cameras()
     if callback is not None:
         callback(TrainState(step, cfg.iters, last_loss, last_psnr, result_g, result_c, control))
-    return TrainResult(result_g, result_c, history, time.perf_counter() - t_start, step, stopped)
+    return TrainResult(result_g, result_c, history, time.perf_counter() - t_start, step, stopped, extent)
