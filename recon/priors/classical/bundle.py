@@ -81,7 +81,7 @@ def bundle_adjust(
     obs_xy: np.ndarray,
     fixed_cams: tuple[int, ...] = (0,),
     refine_focal: bool = True,
-    loss: str = "huber",
+    loss: str = "soft_l1",
     loss_scale_px: float = 1.0,
     max_nfev: int = 50,
 ) -> BAResult:

@@ -77,7 +77,10 @@ class SfMConfig:
     init_attempts: int = 3
     """Initial pairs tried (best first) when one does not register every view."""
     pnp_min_inliers: int = 15
-    ba_loss: str = "huber"
+    min_scale_points: int = 3
+    """Points shared with the reconstruction needed to place a view from its essential matrix when PnP
+    has too few (only the baseline length is unknown then)."""
+    ba_loss: str = "soft_l1"
     """scipy.optimize.least_squares robust loss of bundle adjustment."""
     ba_max_nfev: int = 40
     refine_focal: bool = True
@@ -317,6 +320,49 @@ class _Reconstruction:
         self.failed_pnp.pop(v, None)
         return True
 
+    def register_from_pair(self, v: int, pairs: list[TwoView]) -> bool:
+        """Place view v from its essential matrix with a placed view, when PnP has too few points.
+
+        Wide-baseline captures often have few points seen by three views (each pair overlaps on a
+        different part of the scene), but the relative rotation and baseline direction of a verified pair
+        are known; only the baseline's length is missing, a single unknown that a handful of shared points
+        fix (far fewer than PnP needs). The pair with the most essential-matrix inliers is used.
+        """
+        t = self.tracks
+        cands = [p for p in pairs if p.R is not None and ((p.i == v and p.j in self.w2c) or
+                                                           (p.j == v and p.i in self.w2c))]
+        if not cands:
+            return False
+        p = max(cands, key=lambda q: q.n_e_inliers)
+        a = p.i if p.j == v else p.j
+        # relative pose a -> v
+        R, tt = (p.R, p.t) if p.i == a else (p.R.T, -p.R.T @ p.t)
+        Ra, ta = self.w2c[a][:3, :3], self.w2c[a][:3, 3]
+        A_R, A_t = R @ Ra, R @ ta  # x_v = A_R X + A_t + s * tt
+        el = self.correspondences_2d3d(v)
+        if len(el) < self.cfg.min_scale_points:
+            return False
+        X = self.X[t.trk[el]]
+        xn = np.c_[t.xy[el], np.ones(len(el))] @ np.linalg.inv(self.K).T
+        A = X @ A_R.T + A_t
+        c_a = np.cross(xn, A)
+        c_b = np.cross(xn, np.broadcast_to(tt, A.shape))
+        s_each = -(c_a * c_b).sum(1) / np.maximum((c_b * c_b).sum(1), 1e-12)
+        s = float(np.median(s_each))
+        if not np.isfinite(s) or s <= 0:
+            return False
+        w2c = np.eye(4)
+        w2c[:3, :3] = A_R
+        w2c[:3, 3] = A_t + s * tt
+        uv, z = project_points(w2c[None], self.focal, self.pp, X, np.zeros(len(el), int))
+        good = (np.linalg.norm(uv - t.xy[el], axis=1) < self.reproj) & (z > 0)
+        if good.sum() < self.cfg.min_scale_points:
+            return False
+        self.w2c[v] = w2c
+        self.el_ok[el[~good]] = False
+        self.failed_pnp.pop(v, None)
+        return True
+
     # -- bundle adjustment -------------------------------------------------------------------------
     def bundle(self, fixed: int, refine_focal: bool) -> dict:
         t = self.tracks
@@ -372,7 +418,14 @@ def _initial_pairs(pairs: list[TwoView], cfg: SfMConfig) -> list[TwoView]:
 
 
 def _incremental(
-    init: TwoView, tracks: _TrackSet, n_views: int, valid: list[int], K: np.ndarray, thr: float, cfg: SfMConfig
+    init: TwoView,
+    pairs: list[TwoView],
+    tracks: _TrackSet,
+    n_views: int,
+    valid: list[int],
+    K: np.ndarray,
+    thr: float,
+    cfg: SfMConfig,
 ) -> _Reconstruction:
     """Grow a reconstruction from the pair ``init`` by PnP, one view at a time (best-connected first)."""
     rec = _Reconstruction(tracks, n_views, K, thr, cfg)
@@ -394,6 +447,11 @@ def _incremental(
             if rec.register_pnp(v):
                 placed = v
                 break
+        if placed is None:
+            for v in todo:
+                if rec.register_from_pair(v, pairs):
+                    placed = v
+                    break
         if placed is None:
             break
         todo.remove(placed)
@@ -497,7 +555,7 @@ def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
     best: _Reconstruction | None = None
     tried = []
     for init in _initial_pairs(verified, cfg)[: cfg.init_attempts]:
-        rec = _incremental(init, tracks, n, connected, K, thr, cfg)
+        rec = _incremental(init, verified, tracks, n, connected, K, thr, cfg)
         tried.append((names[init.i], names[init.j], len(rec.w2c)))
         key = (len(rec.w2c), int(rec.triangulated().sum()))
         if best is None or key > (len(best.w2c), int(best.triangulated().sum())):
