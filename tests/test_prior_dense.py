@@ -149,6 +149,16 @@ def test_select_neighbors_prefers_useful_baselines():
     assert 3 not in nb[4] and 3 not in nb[2]
 
 
+def test_given_neighbors_are_used_and_empty_lists_filled():
+    scene = make_scene(SceneConfig(n_views=4, width=48, height=36, supersample=1))
+    imgs, cams = scene.views.images, scene.views.cameras
+    cfg = DenseConfig(n_neighbors=2, max_planes=48)
+    res = dense_pointmaps(imgs, cams, cfg, neighbors=[[3, 0, 1, 2], [0], [], [2, 2, 1]])
+    auto = select_neighbors(res.cameras, res.depth_range, 2)
+    # own index dropped, duplicates merged, truncated to n_neighbors; the empty list chosen by geometry
+    assert res.neighbors == [[3, 1], [0], auto[2], [2, 1]]
+
+
 def test_bad_input_raises_recon_error():
     scene = make_scene(SceneConfig(n_views=3, width=32, height=24, supersample=1))
     imgs, cams = scene.views.images, scene.views.cameras

@@ -462,8 +462,9 @@ def dense_pointmaps(
         cfg: options; defaults to ``DenseConfig()``.
         depth_range: (N, 2) per-view (near, far) z-depths to sweep (e.g. from sparse SfM points), or None
             for :func:`estimate_depth_range`'s camera-geometry default.
-        neighbors: per reference view, the indices of its source views (the first ``cfg.n_neighbors`` are
-            used); None selects them with :func:`select_neighbors`.
+        neighbors: per reference view, the indices of its source views, best first (the first
+            ``cfg.n_neighbors`` are used); None, or an empty list for a view, selects them with
+            :func:`select_neighbors`.
 
     Returns:
         :class:`DenseResult` at the working resolution (long side ``cfg.max_side``, same aspect ratio).
@@ -501,18 +502,18 @@ def dense_pointmaps(
     if not bool(((depth_range[:, 0] > 0) & (depth_range[:, 1] > depth_range[:, 0])).all()):
         raise ReconError("depth_range needs 0 < near < far for every view")
 
+    by_geometry = select_neighbors(cams, depth_range, cfg.n_neighbors, cfg.neighbor_angle_deg)
     if neighbors is None:
-        neighbors = select_neighbors(cams, depth_range, cfg.n_neighbors, cfg.neighbor_angle_deg)
+        neighbors = by_geometry
     if len(neighbors) != n:
-        raise ReconError(f"neighbors must list source views for each of the {n} views")
+        raise ReconError(f"neighbors must list source views for each of the {n} views, got {len(neighbors)}")
     srcs_all: list[list[int]] = []
     for r, nb in enumerate(neighbors):
         srcs = [int(s) for s in nb if int(s) != r]
         if any(not 0 <= s < n for s in srcs):
             raise ReconError(f"neighbors[{r}] has a view index outside 0..{n - 1}: {list(nb)}")
-        srcs = list(dict.fromkeys(srcs))[: cfg.n_neighbors]
-        if not srcs:
-            raise ReconError(f"view {cams.names[r]} has no source views for dense stereo")
+        # A view that shares no sparse points with any other (an empty list) still gets sources by geometry.
+        srcs = list(dict.fromkeys(srcs))[: cfg.n_neighbors] or by_geometry[r]
         srcs_all.append(srcs)
 
     sweeps = []
