@@ -388,7 +388,8 @@ class _Reconstruction:
         self.X[pts] = res.points
         # reject observations that BA could not fit; drop points left with < 2 observations or behind
         self.el_ok[el[res.residuals > self.reproj]] = False
-        self.X[pts[np.bincount(pslot[t.trk[el[res.residuals <= self.reproj]]], minlength=len(pts)) < 2]] = np.nan
+        n_good = np.bincount(pslot[t.trk[el[res.residuals <= self.reproj]]], minlength=len(pts))
+        self.X[pts[n_good < 2]] = np.nan
         return {"median_before_px": res.median_before_px, "median_after_px": float(np.median(res.residuals)),
                 "points": len(pts), "observations": len(el), "nfev": res.nfev}
 
@@ -409,7 +410,8 @@ def _images_np(views: Views) -> list[np.ndarray]:
 def _initial_pairs(pairs: list[TwoView], cfg: SfMConfig) -> list[TwoView]:
     """Candidate initial pairs, best first: many essential-matrix inliers and a wide enough baseline
     (median triangulation angle; its credit saturates at ``init_angle_deg``)."""
-    cands = [p for p in pairs if p.n_e_inliers >= cfg.min_inliers and p.tri_angle_deg >= cfg.min_tri_angle_deg]
+    cands = [p for p in pairs
+             if p.n_e_inliers >= cfg.min_inliers and p.tri_angle_deg >= cfg.min_tri_angle_deg]
 
     def score(p: TwoView) -> float:
         return p.n_e_inliers * min(1.0, p.tri_angle_deg / cfg.init_angle_deg)
@@ -492,7 +494,8 @@ def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
     # matching and fundamental matrices
     t1 = time.perf_counter()
     sub = [feats[v] for v in valid]
-    graph = [(valid[a], valid[b]) for a, b in pair_graph(sub, cfg.exhaustive_max, cfg.window, cfg.retrieval_k)]
+    local_pairs = pair_graph(sub, cfg.exhaustive_max, cfg.window, cfg.retrieval_k)
+    graph = [(valid[a], valid[b]) for a, b in local_pairs]
     pairs: list[TwoView] = []
     for i, j in graph:
         m = match_descriptors(feats[i], feats[j], cfg.ratio)
@@ -512,7 +515,8 @@ def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
     if not verified:
         best = max(pairs, key=lambda p: p.n_f_inliers, default=None)
         shown = ", ".join(names[v] for v in valid[:6]) + (" ..." if len(valid) > 6 else "")
-        detail = "" if best is None else (f" (best pair {names[best.i]} / {names[best.j]}: {best.n_f_inliers} "
+        detail = "" if best is None else (f" (best pair {names[best.i]} / {names[best.j]}: "
+                                          f"{best.n_f_inliers} "
                                           f"verified matches, need {cfg.min_inliers})")
         raise ReconError(f"the photos {shown} share no reliable feature matches{detail}; "
                          "give overlapping photos of one scene")
@@ -536,7 +540,9 @@ def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
     t2 = time.perf_counter()
     for p in verified:
         xa, xb = feats[p.i].xy[p.matches[:, 0]], feats[p.j].xy[p.matches[:, 1]]
-        p.E, p.R, p.t, p.e_inliers = essential_magsac(xa, xb, K, thr, cfg.ransac_confidence, cfg.ransac_max_iters)
+        p.E, p.R, p.t, p.e_inliers = essential_magsac(
+            xa, xb, K, thr, cfg.ransac_confidence, cfg.ransac_max_iters
+        )
         p.n_h_inliers = homography_inliers(xa, xb, thr, cfg.ransac_confidence)
         if p.R is not None and p.e_inliers.any():
             p.tri_angle_deg = float(np.median(ray_angles_deg(xa[p.e_inliers], xb[p.e_inliers], K, p.R, p.t)))
@@ -617,7 +623,8 @@ def _assemble(views: Views, rec: _Reconstruction, failed: dict[str, str]) -> SfM
     w2c = np.stack([rec.w2c[v] for v in placed])
     X = rec.X[pts]
     # scale gauge: median depth of the observed points = 1 (the reference view stays at the origin)
-    _, z = project_points(w2c, rec.focal, rec.pp, X[pslot[t.trk[el]]], np.array([slot[v] for v in t.view[el]]))
+    obs_view = np.array([slot[v] for v in t.view[el]], dtype=np.int64)
+    _, z = project_points(w2c, rec.focal, rec.pp, X[pslot[t.trk[el]]], obs_view)
     s = 1.0 / max(float(np.median(z[z > 0])) if (z > 0).any() else 1.0, 1e-12)
     X = X * s
     w2c[:, :3, 3] *= s
@@ -638,7 +645,8 @@ def _assemble(views: Views, rec: _Reconstruction, failed: dict[str, str]) -> SfM
                 continue
             ra = X[shared] - C[a]
             rb = X[shared] - C[b]
-            cos = (ra * rb).sum(1) / np.maximum(np.linalg.norm(ra, axis=1) * np.linalg.norm(rb, axis=1), 1e-12)
+            norm = np.linalg.norm(ra, axis=1) * np.linalg.norm(rb, axis=1)
+            cos = (ra * rb).sum(1) / np.maximum(norm, 1e-12)
             ang = float(np.median(np.degrees(np.arccos(np.clip(cos, -1, 1)))))
             score[a, b] = score[b, a] = len(shared) * min(1.0, ang / 5.0)
     neighbors = [[int(b) for b in np.argsort(-score[a], kind="stable") if b != a and score[a, b] > 0]
