@@ -53,6 +53,18 @@ class EvalArgs(EvalConfig):
     """Output folder: results.json, results.md and one reconstruction folder per scene."""
 
 
+@dataclass
+class ViewArgs:
+    """Open a reconstruction (an output folder of `recon run`) or any 3DGS .ply in the browser viewer."""
+
+    target: tyro.conf.Positional[Path]
+    """An output folder (point_cloud.ply, cameras.json, ...) or a 3D Gaussian .ply file."""
+    host: str = "127.0.0.1"
+    """Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)."""
+    port: int = 8080
+    """Port to listen on (a free one is picked when it is taken)."""
+
+
 def _eval(args: EvalArgs) -> int:
     from recon.eval.runner import run_eval
 
@@ -83,6 +95,12 @@ def _run(args: RunArgs) -> int:
     return 0
 
 
+def _view(args: ViewArgs) -> int:
+    from viewer.app import view  # imported only when asked for (needs the 'viewer' extra)
+
+    return view(args.target, host=args.host, port=args.port)
+
+
 def _demo(args: DemoArgs) -> int:
     from recon.demo import run_demo
 
@@ -104,7 +122,12 @@ def _print_summary(metrics: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    commands = {"run": (RunArgs, _run), "eval": (EvalArgs, _eval), "demo": (DemoArgs, _demo)}
+    commands = {
+        "run": (RunArgs, _run),
+        "eval": (EvalArgs, _eval),
+        "demo": (DemoArgs, _demo),
+        "view": (ViewArgs, _view),
+    }
     try:
         args = tyro.extras.subcommand_cli_from_dict(
             {name: t for name, (t, _) in commands.items()}, args=sys.argv[1:] if argv is None else argv,
