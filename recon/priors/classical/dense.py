@@ -242,8 +242,27 @@ def select_neighbors(
 
 
 def _box(x: Tensor, k: int) -> Tensor:
-    """Mean over a k x k window (stride 1, same size; the mean of the in-image part at the borders)."""
-    return F.avg_pool2d(x, k, stride=1, padding=k // 2, count_include_pad=False)
+    """Mean over k x k windows of (..., H, W) maps (stride 1, same size; over the in-image part at borders).
+
+    Separable sums of shifted slices: O(k) adds per pixel and contiguous memory access, which on CPU is
+    about twice as fast as ``avg_pool2d`` (O(k^2) per pixel) for the window sizes used here.
+    """
+    r = k // 2
+    H, W = x.shape[-2:]
+    rows = x.clone()
+    for i in range(1, r + 1):  # add the neighbours i to the right and i to the left (zero outside)
+        rows[..., : W - i] += x[..., i:]
+        rows[..., i:] += x[..., : W - i]
+    out = rows.clone()
+    for i in range(1, r + 1):
+        out[..., : H - i, :] += rows[..., i:, :]
+        out[..., i:, :] += rows[..., : H - i, :]
+
+    def count(n: int) -> Tensor:  # in-image samples of each window along one axis
+        j = torch.arange(n)
+        return ((j + r).clamp_max(n - 1) - (j - r).clamp_min(0) + 1).to(x.dtype)
+
+    return out / (count(H)[:, None] * count(W)[None, :])
 
 
 def _to_gray(images: Tensor) -> Tensor:
