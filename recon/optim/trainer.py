@@ -65,9 +65,11 @@ class TrainConfig:
     """Raise the active SH degree by one every this many steps (0: use ``sh_degree`` from the start)."""
     optimize_poses: bool = True
     """Refine the camera poses jointly with the Gaussians."""
-    pose_lr: float = 1e-3
-    """Initial learning rate of the pose deltas (radians; translation in units of the scene extent)."""
-    pose_lr_final: float = 1e-5
+    pose_lr: float = 1e-2
+    """Initial learning rate of the pose deltas (radians; translation in units of the scene extent).
+    Measured on the synthetic scene (6 views, 1000 steps): 1e-2 -> 1e-4 corrects 3 deg / 5% pose errors
+    to 0.3 deg relative error where 1e-3 -> 1e-5 leaves 3.4 deg, and is as good with exact poses."""
+    pose_lr_final: float = 1e-4
     """Final pose learning rate (exponential decay over the run)."""
     pose_warmup: int = 0
     """Ramp the pose learning rate up linearly over this many first steps."""
