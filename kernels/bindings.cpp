@@ -70,49 +70,52 @@ rk::RasterArgs raster_args(const Tensor& means2d, const Tensor& opacities, const
 }
 
 // Returns colours (C,H,W,D), alphas (C,H,W,1), accumulated depth (C,H,W,1) and, for the backward pass,
-// final transmittance (C,H,W), last processed tile-list entry (C,H,W) int32, tile offsets, tile lists.
+// the number of processed tile-list entries per pixel (C,H,W) int32, tile offsets, tile lists and the
+// packed per-Gaussian records.
 std::vector<Tensor> rasterize_forward(Tensor means2d, Tensor conics, Tensor opacities, Tensor colors, Tensor depths,
                                       Tensor radii, int64_t width, int64_t height, int64_t tile_size,
                                       int64_t n_threads) {
   for (const auto& [t, n] : {std::pair{means2d, "means2d"}, {conics, "conics"}, {opacities, "opacities"},
-                       {colors, "colors"}, {depths, "depths"}})
+                             {colors, "colors"}, {depths, "depths"}})
     check(t, n);
   TORCH_CHECK(radii.scalar_type() == torch::kInt32 && radii.is_contiguous(), "radii must be contiguous int32");
   const auto a = raster_args(means2d, opacities, colors, width, height, tile_size);
+  auto f = means2d.options();
+  Tensor records = torch::empty({a.C * a.N, rk::kRecordFloats}, f);
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(records.data_ptr()) % 64 == 0, "records must be 64-byte aligned");
+  rk::pack_gaussians(a, means2d.data_ptr<float>(), conics.data_ptr<float>(), opacities.data_ptr<float>(),
+                     colors.data_ptr<float>(), depths.data_ptr<float>(), records.data_ptr<float>(), (int)n_threads);
   std::vector<int64_t> offsets;
   std::vector<int32_t> ids;
-  rk::bin_gaussians(a, means2d.data_ptr<float>(), depths.data_ptr<float>(), radii.data_ptr<int32_t>(),
-                    opacities.data_ptr<float>(), offsets, ids);
-  auto f = means2d.options();
+  rk::bin_gaussians(a, records.data_ptr<float>(), radii.data_ptr<int32_t>(), offsets, ids, (int)n_threads);
   Tensor out_c = torch::empty({a.C, height, width, a.D}, f), out_a = torch::empty({a.C, height, width, 1}, f);
-  Tensor out_z = torch::empty({a.C, height, width, 1}, f), final_T = torch::empty({a.C, height, width}, f);
+  Tensor out_z = torch::empty({a.C, height, width, 1}, f);
   Tensor last = torch::empty({a.C, height, width}, f.dtype(torch::kInt32));
   Tensor t_off = torch::from_blob(offsets.data(), {(int64_t)offsets.size()}, torch::kInt64).clone();
   Tensor t_ids = torch::from_blob(ids.data(), {(int64_t)ids.size()}, torch::kInt32).clone();
-  rk::rasterize_forward(a, means2d.data_ptr<float>(), conics.data_ptr<float>(), opacities.data_ptr<float>(),
-                        colors.data_ptr<float>(), depths.data_ptr<float>(), t_off.data_ptr<int64_t>(),
+  rk::rasterize_forward(a, records.data_ptr<float>(), colors.data_ptr<float>(), t_off.data_ptr<int64_t>(),
                         t_ids.data_ptr<int32_t>(), out_c.data_ptr<float>(), out_a.data_ptr<float>(),
-                        out_z.data_ptr<float>(), final_T.data_ptr<float>(), last.data_ptr<int32_t>(),
-                        (int)n_threads);
-  return {out_c, out_a, out_z, final_T, last, t_off, t_ids};
+                        out_z.data_ptr<float>(), last.data_ptr<int32_t>(), (int)n_threads);
+  return {out_c, out_a, out_z, last, t_off, t_ids, records};
 }
 
 std::vector<Tensor> rasterize_backward(Tensor means2d, Tensor conics, Tensor opacities, Tensor colors, Tensor depths,
-                                       int64_t width, int64_t height, int64_t tile_size, Tensor tile_offsets,
-                                       Tensor tile_ids, Tensor final_T, Tensor last, Tensor v_colors,
-                                       Tensor v_alphas, Tensor v_depths, int64_t n_threads) {
+                                       int64_t width, int64_t height, int64_t tile_size, Tensor records,
+                                       Tensor tile_offsets, Tensor tile_ids, Tensor out_colors, Tensor out_alphas,
+                                       Tensor out_depths, Tensor last, Tensor v_colors, Tensor v_alphas,
+                                       Tensor v_depths, int64_t n_threads) {
   for (const auto& [t, n] : {std::pair{v_colors, "v_colors"}, {v_alphas, "v_alphas"}, {v_depths, "v_depths"}})
     check(t, n);
   const auto a = raster_args(means2d, opacities, colors, width, height, tile_size);
   Tensor g_means2d = torch::empty_like(means2d), g_conics = torch::empty_like(conics);
   Tensor g_opac = torch::empty_like(opacities), g_colors = torch::empty_like(colors);
   Tensor g_depths = torch::empty_like(depths);
-  rk::rasterize_backward(a, means2d.data_ptr<float>(), conics.data_ptr<float>(), opacities.data_ptr<float>(),
-                         colors.data_ptr<float>(), depths.data_ptr<float>(), tile_offsets.data_ptr<int64_t>(),
-                         tile_ids.data_ptr<int32_t>(), final_T.data_ptr<float>(), last.data_ptr<int32_t>(),
-                         v_colors.data_ptr<float>(), v_alphas.data_ptr<float>(), v_depths.data_ptr<float>(),
-                         g_means2d.data_ptr<float>(), g_conics.data_ptr<float>(), g_opac.data_ptr<float>(),
-                         g_colors.data_ptr<float>(), g_depths.data_ptr<float>(), (int)n_threads);
+  rk::rasterize_backward(a, records.data_ptr<float>(), colors.data_ptr<float>(), tile_offsets.data_ptr<int64_t>(),
+                         tile_ids.data_ptr<int32_t>(), out_colors.data_ptr<float>(), out_alphas.data_ptr<float>(),
+                         out_depths.data_ptr<float>(), last.data_ptr<int32_t>(), v_colors.data_ptr<float>(),
+                         v_alphas.data_ptr<float>(), v_depths.data_ptr<float>(), g_means2d.data_ptr<float>(),
+                         g_conics.data_ptr<float>(), g_opac.data_ptr<float>(), g_colors.data_ptr<float>(),
+                         g_depths.data_ptr<float>(), (int)n_threads);
   return {g_means2d, g_conics, g_opac, g_colors, g_depths};
 }
 

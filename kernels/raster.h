@@ -48,22 +48,31 @@ struct RasterArgs {
   int64_t n_tiles() const { return C * tiles_x() * tiles_y(); }
 };
 
+// Per (camera, Gaussian) record of everything the compositing loops read, one 64-byte cache line:
+// mean (2), conic (3), opacity, depth, the inclusive pixel box outside which alpha < 1/255 (4 int32) and
+// the first kInlineColors colour channels.  records holds C * N * kRecordFloats floats (64-byte aligned).
+constexpr int kInlineColors = 5;
+constexpr int kRecordFloats = 16;
+void pack_gaussians(const RasterArgs& a, const float* means2d, const float* conics, const float* opacities,
+                    const float* colors, const float* depths, float* records, int n_threads);
+
 // Tile lists: for global tile t (camera * tiles_per_image + row * tiles_x + col), the flat Gaussian ids
-// (camera * N + n) are tile_ids[tile_offsets[t] .. tile_offsets[t + 1]) in increasing depth (stable).
-void bin_gaussians(const RasterArgs& a, const float* means2d, const float* depths, const int32_t* radii,
-                   const float* opacities, std::vector<int64_t>& tile_offsets, std::vector<int32_t>& tile_ids);
+// (camera * N + n) are tile_ids[tile_offsets[t] .. tile_offsets[t + 1]) in increasing depth (stable).  A
+// Gaussian is listed in the tiles of torch_ref's rule (its radius box) that its visibility box touches.
+void bin_gaussians(const RasterArgs& a, const float* records, const int32_t* radii,
+                   std::vector<int64_t>& tile_offsets, std::vector<int32_t>& tile_ids, int n_threads);
 
-// Forward compositing.  Also writes, per pixel, the final transmittance and the number of entries of its
-// tile list that were processed up to the last added Gaussian (the backward pass starts there).
-void rasterize_forward(const RasterArgs& a, const float* means2d, const float* conics, const float* opacities,
-                       const float* colors, const float* depths, const int64_t* tile_offsets,
+// Forward compositing.  Also writes, per pixel, the number of entries of its tile list that were processed up
+// to the last added Gaussian (the backward pass stops there).  colors are only read when D > kInlineColors.
+void rasterize_forward(const RasterArgs& a, const float* records, const float* colors, const int64_t* tile_offsets,
                        const int32_t* tile_ids, float* out_colors, float* out_alphas, float* out_depths,
-                       float* final_T, int32_t* last_count, int n_threads);
+                       int32_t* last_count, int n_threads);
 
-// Back-to-front backward.  g_opacities / g_colors follow the (possibly shared) input layouts.
-void rasterize_backward(const RasterArgs& a, const float* means2d, const float* conics, const float* opacities,
-                        const float* colors, const float* depths, const int64_t* tile_offsets,
-                        const int32_t* tile_ids, const float* final_T, const int32_t* last_count,
+// Backward pass (needs the forward's outputs).  g_opacities / g_colors follow the (possibly shared) input
+// layouts.
+void rasterize_backward(const RasterArgs& a, const float* records, const float* colors,
+                        const int64_t* tile_offsets, const int32_t* tile_ids, const float* out_colors,
+                        const float* out_alphas, const float* out_depths, const int32_t* last_count,
                         const float* v_colors, const float* v_alphas, const float* v_depths, float* g_means2d,
                         float* g_conics, float* g_opacities, float* g_colors, float* g_depths, int n_threads);
 

@@ -108,18 +108,19 @@ def test_rasterize_forward_matches_reference_and_dense(seed):
         assert rel_err(a, d) < 1e-5
 
 
-def test_shared_opacity_and_colour_layouts():
+@pytest.mark.parametrize("channels", [1, 5])
+def test_shared_opacity_and_colour_layouts(channels):
     """(N,) opacities and (N, D) colours broadcast over cameras, with any number of channels."""
     scene = make_scene(n=200, cams=2, seed=5)
     m2d, conics, depths, radii = torch_ref.project_gaussians(
         scene["means"], scene["quats"], scene["scales"], scene["w2c"], scene["K"], W, H
     )
-    feats = torch.rand(200, 5, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+    feats = torch.rand(200, channels, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
     opac = scene["opacities"].clone().requires_grad_(True)
     outs = []
     for backend in (native, torch_ref):
         img, alpha, d = backend.rasterize_to_pixels(m2d, conics, opac, feats, depths, radii, W, H)
-        loss = (img * torch.linspace(-1, 1, 5)).sum() + alpha.sum()
+        loss = (img * torch.linspace(-1, 1, channels)).sum() + alpha.sum()
         outs.append((img, *torch.autograd.grad(loss, (feats, opac))))
     for a, b in zip(*outs, strict=True):
         assert rel_err(a, b) < 1e-4

@@ -65,11 +65,17 @@ def _cpu_flags() -> set[str]:
 
 
 def _compile_flags() -> list[str]:
-    """-O3 and OpenMP; AVX2/FMA only when this CPU has them (the cache is per machine, the key includes
-    the flags).  No -march=native and no -ffast-math: results must match the reference's float rules."""
-    flags = ["-O3", "-std=c++17", "-fopenmp"]
-    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= _cpu_flags():
+    """-O3 and OpenMP; AVX2/FMA, and AVX-512 (F/VL/BW/DQ, used at 256-bit width for its mask registers),
+    only when this CPU has them (the cache is per machine and the key includes the flags).  No
+    -march=native and no -ffast-math: results must follow the reference's float rules.
+    -fno-trapping-math / -fno-math-errno change no value; they let the compiler if-convert (and so
+    vectorise) the branch-free inner loops."""
+    flags = ["-O3", "-std=c++17", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
+    cpu = _cpu_flags() if platform.machine() in ("x86_64", "AMD64") else set()
+    if {"avx2", "fma"} <= cpu:
         flags += ["-mavx2", "-mfma"]
+        if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= cpu:
+            flags += ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mprefer-vector-width=256"]
     return flags
 
 
@@ -264,10 +270,12 @@ class _RasterizeToPixels(torch.autograd.Function):
         args = (_f32(means2d), _f32(conics), _f32(opacities), _f32(colors), _f32(depths))
         radii = radii.detach().to(torch.int32).contiguous()
         cfg = (int(width), int(height), int(tile_size))
-        out_c, out_a, out_z, final_T, last, offsets, ids = _ext().rasterize_forward(
+        out_c, out_a, out_z, last, offsets, ids, records = _ext().rasterize_forward(
             *args, radii, *cfg, torch.get_num_threads()
         )
-        ctx.save_for_backward(*args, final_T, last, offsets, ids)
+        # The backward pass needs the packed Gaussians, the tile lists, the per-pixel stopping point and the
+        # outputs themselves.
+        ctx.save_for_backward(*args, records, out_c, out_a, out_z, last, offsets, ids)
         ctx.cfg = cfg
         ctx.dtypes = tuple(t.dtype for t in (means2d, conics, opacities, colors, depths))
         dt = colors.dtype
@@ -275,14 +283,14 @@ class _RasterizeToPixels(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, v_colors, v_alphas, v_depths):
-        means2d, conics, opacities, colors, depths, final_T, last, offsets, ids = ctx.saved_tensors
+        means2d, conics, opacities, colors, depths, records, out_c, out_a, out_z, last, offsets, ids = (
+            ctx.saved_tensors
+        )
         width, height, tile_size = ctx.cfg
-        C, D = means2d.shape[0], colors.shape[-1]
         grads = _ext().rasterize_backward(
-            means2d, conics, opacities, colors, depths, width, height, tile_size, offsets, ids, final_T, last,
-            _grad_or_zeros(v_colors, means2d.new_zeros(C, height, width, D)),
-            _grad_or_zeros(v_alphas, means2d.new_zeros(C, height, width, 1)),
-            _grad_or_zeros(v_depths, means2d.new_zeros(C, height, width, 1)),
+            means2d, conics, opacities, colors, depths, width, height, tile_size, records, offsets, ids,
+            out_c, out_a, out_z, last,
+            _grad_or_zeros(v_colors, out_c), _grad_or_zeros(v_alphas, out_a), _grad_or_zeros(v_depths, out_z),
             torch.get_num_threads(),
         )  # fmt: skip
         g = tuple(x.to(dt) for x, dt in zip(grads, ctx.dtypes, strict=True))
