@@ -14,8 +14,10 @@ from recon.errors import ReconError
 from recon.eval.metrics import pose_metrics, psnr
 from recon.gaussians.init import InitConfig, init_from_prior
 from recon.optim.checkpoint import checkpoint_path, load_checkpoint
+from recon.optim.losses import pearson_depth_loss
 from recon.optim.strategy import DensifyConfig
 from recon.optim.trainer import TrainConfig, TrainState, render_images, train
+from recon.render import render_gaussians
 from recon.synthetic import SceneConfig, make_scene, perturb_cameras
 
 
@@ -195,6 +197,25 @@ def test_densify_changes_counts_and_stays_stable(scene, init_gaussians):
     assert final > 21.0
     assert final > final_plain - 1.0
     assert res.history[-1]["psnr"] > 20.0
+
+
+def test_depth_prior_improves_rendered_depth(small_scene):
+    # Gaussians from a noisy prior (10% depth noise); GT depth as the prior for the Pearson loss.
+    g, _ = init_from_prior(small_scene.prior_result(stride=2, noise=0.1), InitConfig(max_gaussians=600))
+    cams, imgs, depth = small_scene.views.cameras, small_scene.views.images, small_scene.depth
+
+    def correlation(gs) -> float:
+        with torch.no_grad():
+            out = render_gaussians(gs, cams)
+            return 1 - float(pearson_depth_loss(out.depth[..., 0], depth, out.alpha[..., 0] > 0.5))
+
+    cfg = TrainConfig(iters=60, sh_degree=0, optimize_poses=False, depth_lambda=0.5)
+    with_depth = correlation(train(g, cams, imgs, cfg, depths=depth, progress=False).gaussians)
+    without = correlation(train(g, cams, imgs, replace(cfg, depth_lambda=0.0), depths=depth,
+                                progress=False).gaussians)
+    # Measured: 0.909 at initialisation, 0.939 photometric only, 0.968 with the depth term.
+    assert with_depth > without + 0.01
+    assert with_depth > 0.95
 
 
 def test_bad_inputs_raise_recon_error(small_scene, small_gaussians):
