@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from recon.cameras import look_at_w2c, make_rigid, sim3_transform_w2c, so3_exp
+from recon.errors import ReconError
 from recon.eval.metrics import pose_auc, pose_metrics, psnr, ssim, ssim_map
 
 
@@ -168,3 +169,13 @@ def test_pose_auc_definition():
     errs = torch.tensor([0.5, 2.5, 7.0, 100.0], dtype=torch.float64)
     # t = 1..5: fractions below t are 1/4, 1/4, 2/4, 2/4, 2/4
     assert pose_auc(errs, 5) == pytest.approx((0.25 + 0.25 + 0.5 + 0.5 + 0.5) / 5)
+
+
+def test_pose_metrics_degenerate_inputs():
+    ref = _ring_cameras(3)
+    m = pose_metrics(ref, ref, torch.tensor([True, False, False]))
+    assert m["ate"] is None and m["ate_frac"] is None  # JSON-ready: undefined is None, not NaN
+    assert m["rre_deg"] == pytest.approx(180.0) and m["auc"]["30"] == 0.0
+    assert m["rot_err_deg"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ReconError, match="matching"):
+        pose_metrics(ref, ref[:2])
