@@ -65,6 +65,7 @@ def _synthetic_metrics(n_views: int, use_range: bool, arc_deg: float) -> tuple[d
         "median_rel": float(rel[confident].median()),
         "outliers_5pct": float((rel[confident] > 0.05).float().mean()),
         "median_rel_unconfident": float(rel[unconfident].median()),
+        "outliers_5pct_unconfident": float((rel[unconfident] > 0.05).float().mean()),
         "seconds": seconds,
     }
     print(n_views, "views", {k: round(v, 4) for k, v in m.items()})
@@ -75,8 +76,8 @@ def _synthetic_metrics(n_views: int, use_range: bool, arc_deg: float) -> tuple[d
     "n_views, arc_deg, use_range, min_completeness",
     [
         (2, 15.0, True, 0.45),  # measured 0.56 (two views 15 degrees apart check only each other)
-        (3, 30.0, True, 0.45),  # measured 0.51 (15 degrees between neighbours; grazing walls fail)
-        (5, 30.0, False, 0.65),  # measured 0.76 (automatic depth range and neighbours)
+        (3, 30.0, True, 0.52),  # measured 0.62 (15 degrees between neighbours; grazing walls fail)
+        (5, 30.0, False, 0.70),  # measured 0.81 (automatic depth range and neighbours)
     ],
 )
 def test_synthetic_accuracy_and_completeness(
@@ -86,9 +87,10 @@ def test_synthetic_accuracy_and_completeness(
     m, res = _synthetic_metrics(n_views, use_range, arc_deg)
     assert m["completeness"] >= min_completeness
     assert m["median_rel"] < 0.01  # measured 0.005-0.006
-    assert m["outliers_5pct"] < 0.06  # measured 0.025-0.04
+    assert m["outliers_5pct"] < 0.05  # measured 0.021-0.033
     # Confidence ranks errors: the pixels it doubts are far worse than those it trusts.
-    assert m["median_rel_unconfident"] > 4 * m["median_rel"]  # measured 7-10x
+    assert m["median_rel_unconfident"] > 3 * m["median_rel"]  # measured 4.7-10x
+    assert m["outliers_5pct_unconfident"] > 5 * m["outliers_5pct"]  # measured 11-21x
     # Output contract: conf in [0, 1], zeros where there is no point, point maps = unprojected depth.
     conf, depth, pm = res.conf, res.depth, res.pointmaps
     assert float(conf.min()) >= 0 and float(conf.max()) <= 1
@@ -216,6 +218,6 @@ def test_llff_fern_agrees_with_colmap_points():
             f"fern view {r}: density {density:.3f}, points covered {float(m.float().mean()):.3f}, "
             f"median rel {float(rel.median()):.4f}, within 5% {float((rel < 0.05).float().mean()):.3f}"
         )
-        assert float(rel.median()) < 0.025  # measured 0.013-0.014 (0.011-0.012 at the default 320 px)
-        assert float((rel < 0.05).float().mean()) > 0.75  # measured 0.80-0.83 (misses: leaf edges, occlusion)
-        assert density > 0.3  # measured 0.41-0.47 of all pixels
+        assert float(rel.median()) < 0.025  # measured 0.013-0.015 (0.011-0.012 at the default 320 px)
+        assert float((rel < 0.05).float().mean()) > 0.75  # measured 0.81-0.83 (misses: leaf edges, occlusion)
+        assert density > 0.35  # measured 0.44-0.49 of all pixels

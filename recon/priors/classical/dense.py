@@ -8,10 +8,12 @@ reference view:
    plane-induced mapping ``p_s ~ K_s (R_rs d K_r^-1 p_r + t_rs)`` (one ``grid_sample`` per plane chunk).
 2. **Photometric cost.** Windowed zero-mean NCC between the reference and each warped source, with the
    window means (E[J], E[J^2], E[IJ]) computed by box filters on the warped stack. Windows whose centre
-   lands closer than half a window to the source image border (or behind the camera) score -1.
-3. **Aggregation over views.** Per pixel and plane, the mean of the best ``top_k`` source scores: a view
-   that is occluded (or out of frame) at a pixel does not drag the score down as long as ``top_k``
-   others see it. A small box filter over the score volume adds a little spatial support.
+   lands closer than half a window to the source image border (or behind the camera) are missing.
+3. **Aggregation over views.** Per pixel and plane, the mean of the best ``top_k`` source scores among
+   the sources that see the window: a view that is occluded at a pixel does not drag the score down as
+   long as ``top_k`` others see it, and one whose frame does not cover the pixel is left out (counting
+   it as -1 instead cost a fifth of the kept pixels on 3-view scenes). A small box filter over the score
+   volume adds a little spatial support.
    (``top_k=1`` is more complete on the synthetic scenes, whose wide baselines and grazing walls defeat
    fronto-parallel windows in the farther view, but it is markedly sparser on real LLFF views, where
    averaging two views suppresses chance matches in foliage; hence the default of 2.)
@@ -382,8 +384,14 @@ def _sweep(
         cov = torch.addcmul(stats[:, 2:3], mu_J, mu_I, value=-1.0)
         ncc = cov / (var_J.sqrt_().mul_(sigma_I).add_(1e-4))
         ncc = ncc.reshape(S, C, h, w)
-        ncc = torch.where(warped[:, 1] > 0.999, ncc, -1.0)
-        agg = ncc.topk(top_k, dim=0).values.mean(0) if top_k < S else ncc.mean(0)
+        # Sources that cannot see a window (outside their frame) are missing, not evidence against it: the
+        # mean runs over the valid ones among the best top_k (-2 sorts invalid ones last).
+        valid = warped[:, 1] > 0.999
+        ncc = torch.where(valid, ncc, -2.0)
+        best = ncc.topk(top_k, dim=0).values if top_k < S else ncc
+        n_valid = (best > -1.5).sum(0)
+        agg = torch.where(best > -1.5, best, 0.0).sum(0) / n_valid.clamp_min(1)
+        agg = torch.where(n_valid > 0, agg, -1.0)
         scores[c0 : c0 + C] = agg
     scores.clamp_(-1.0, 1.0)
 
