@@ -183,7 +183,8 @@ def test_load_results_of_an_output_folder(sample_out):
     assert set(r.thumbnails) == set(r.cameras.names)
     # A thumbnail is the right (input image) half of the side-by-side render PNG.
     name = r.cameras.names[0]
-    full = np.asarray(Image.open(sample_out / "renders" / "train" / (Path(name).stem + ".png")).convert("RGB"))
+    png = sample_out / "renders" / "train" / (Path(name).stem + ".png")
+    full = np.asarray(Image.open(png).convert("RGB"))
     gt = full[:, full.shape[1] // 2 :]
     assert r.thumbnails[name].shape == gt.shape
     assert np.array_equal(r.thumbnails[name], gt)  # 64 px wide: below the thumbnail size, kept as is
@@ -200,7 +201,8 @@ def test_load_results_of_a_foreign_3dgs_ply(tmp_path):
 
     n = 50
     rng = np.random.default_rng(0)
-    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", *[f"f_rest_{i}" for i in range(9)],
+    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2",
+             *[f"f_rest_{i}" for i in range(9)],
              "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
     v = np.empty(n, dtype=[(k, "<f4") for k in names])
     for k in names:

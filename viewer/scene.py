@@ -102,17 +102,23 @@ class SceneFrame:
         up: (3,) unit world up: opposite the mean camera y axis (OpenCV y points down in the image), or
             -y without cameras (the convention of COLMAP-posed 3DGS scenes).
         camera_distance: median distance of the cameras from ``center`` (0 without cameras).
+        camera_spacing: median distance from each camera to its nearest other camera (0 with fewer than 2).
     """
 
     center: np.ndarray
     radius: float
     up: np.ndarray
     camera_distance: float
+    camera_spacing: float = 0.0
 
     @property
     def frustum_scale(self) -> float:
-        """Frustum depth in world units: a tenth of the viewing distance."""
-        return 0.1 * (self.camera_distance if self.camera_distance > 0 else 2.0 * self.radius)
+        """Frustum depth in world units: a tenth of the viewing distance, and at most 40% of the typical
+        spacing of neighbouring cameras so that frustums do not overlap."""
+        scale = 0.1 * (self.camera_distance if self.camera_distance > 0 else 2.0 * self.radius)
+        if self.camera_spacing > 0:
+            scale = min(scale, 0.4 * self.camera_spacing)
+        return scale
 
     def initial_view(self, cameras: Cameras | None) -> tuple[np.ndarray, np.ndarray]:
         """(position, look_at) of the first browser view: behind and above the cameras' mean centre,
@@ -142,13 +148,17 @@ def scene_frame(means: torch.Tensor, cameras: Cameras | None = None) -> SceneFra
     center = pts.median(0).values
     radius = float(torch.quantile((pts - center).norm(dim=-1)[:100_000], 0.8)) if len(pts) > 1 else 1.0
     up = np.array([0.0, -1.0, 0.0])
-    cam_dist = 0.0
+    cam_dist = spacing = 0.0
     if cameras is not None and len(cameras):
         y_down = cameras.c2w[:, :3, 1].double().mean(0)
         if float(y_down.norm()) > 1e-3:
             up = (-y_down / y_down.norm()).numpy()
-        cam_dist = float((cameras.centers.double() - center).norm(dim=-1).median())
-    return SceneFrame(center.numpy(), radius if radius > 0 else 1.0, up, cam_dist)
+        c = cameras.centers.double()
+        cam_dist = float((c - center).norm(dim=-1).median())
+        if len(c) > 1:
+            d = torch.cdist(c, c) + torch.diag(torch.full((len(c),), float("inf"), dtype=c.dtype))
+            spacing = float(d.min(dim=1).values.median())
+    return SceneFrame(center.numpy(), radius if radius > 0 else 1.0, up, cam_dist, spacing)
 
 
 def prior_point_cloud(
@@ -278,8 +288,10 @@ class SceneViewer:
     (frustums, clickable: a click moves that browser's view to the camera), ``/prior_points``.
     The GUI ("View" folder) toggles each of them and picks how the Gaussians are drawn: by the browser
     (viser's splats, interactive, DC colour only) or by recon's own rasteriser on the server (what is
-    optimised, full SH), rendered for each connected browser at most ``max_fps`` times a second and only
-    when its camera moved or the Gaussians changed. Nothing is rendered while no browser is connected.
+    optimised, full SH), rendered for each connected browser only when its camera moved (at most
+    ``max_fps`` frames a second) or the Gaussians changed (at most every ``refresh_s`` seconds, so that a
+    browser left open on a training run costs it little). Nothing is rendered while no browser is
+    connected.
     """
 
     def __init__(
@@ -288,11 +300,13 @@ class SceneViewer:
         render_mode: str = RENDER_BROWSER,
         max_side: int = 384,
         max_fps: float = 4.0,
+        refresh_s: float = 2.0,
         initial_hint: str = "The prior's poses",
     ):
         self.vs = vs
         self.server = vs.server
         self.max_fps = max_fps
+        self.refresh_s = refresh_s
         self._gaussians: Gaussians | None = None
         self._generation = 0
         self._lock = threading.Lock()
@@ -467,23 +481,22 @@ class SceneViewer:
             if self.render_mode.value != RENDER_RECON:
                 continue
             try:
-                if self._render_clients():  # a frame is due once the throttle allows it
-                    timeout = 1.0 / self.max_fps
+                timeout = min(timeout, self._render_clients())
             except Exception as e:  # noqa: BLE001 - a failed frame must not kill the viewer
                 print(f"recon: viewer: render failed: {type(e).__name__}: {e}", flush=True)
 
-    def _render_clients(self) -> bool:
-        """Render for every browser whose view is stale; True when one had to wait for the throttle."""
+    def _render_clients(self) -> float:
+        """Render for every browser whose view is stale and whose throttle allows it; returns the seconds
+        until a held-back frame is due (inf when none is)."""
+        due = math.inf
         clients = self.server.get_clients()
         if not clients:
-            return False
+            return due
         with self._lock:
             g, generation = self._gaussians, self._generation
         if g is None:
-            return False
+            return due
         show = bool(self.show_gaussians.value)
-        min_dt = 1.0 / self.max_fps
-        pending = False
         for cid, client in clients.items():
             cam = client.camera
             with self._lock:
@@ -492,11 +505,12 @@ class SceneViewer:
                 stamp = cam.update_timestamp
             except AssertionError:  # no camera message from this client yet
                 continue
-            if stamp == st.camera_stamp and generation == st.generation:
+            moved = stamp != st.camera_stamp
+            if not moved and generation == st.generation:
                 continue
-            wait = st.last_time + min_dt - time.monotonic()
+            wait = st.last_time + (1.0 / self.max_fps if moved else self.refresh_s) - time.monotonic()
             if wait > 0:
-                pending = True
+                due = min(due, wait)
                 continue
             if show:
                 img = render_view(g, cam.wxyz, cam.position, cam.fov, cam.aspect, int(self.render_size.value))
@@ -505,7 +519,7 @@ class SceneViewer:
             client.scene.set_background_image(img, format="jpeg", jpeg_quality=90)
             self.renders += 1
             st.camera_stamp, st.generation, st.last_time = stamp, generation, time.monotonic()
-        return pending
+        return due
 
     def close(self) -> None:
         self._closed = True
