@@ -254,6 +254,22 @@ def test_matching_is_mutual_and_ratio_tested_with_duplicate_keypoints():
     assert len(got) >= n - 20 - 5
 
 
+def test_pair_graph_is_exhaustive_for_few_views_and_finds_loop_closures_for_many():
+    from recon.priors.classical.features import pair_graph
+
+    rng = np.random.default_rng(4)
+    scenes = [root_sift(rng.uniform(0, 1, (300, 128))) for _ in range(10)]
+    # 20 views in file order; view i and view i + 10 show the same place (a loop), others differ
+    feats = [_features(rng.uniform(0, 100, (300, 2)), scenes[i % 10]) for i in range(20)]
+    assert pair_graph(feats[:6], exhaustive_max=15, window=2, retrieval_k=1) == [
+        (i, j) for i in range(6) for j in range(i + 1, 6)
+    ]
+    pairs = set(pair_graph(feats, exhaustive_max=15, window=2, retrieval_k=1))
+    assert {(i, i + 1) for i in range(19)} <= pairs  # the sequential window
+    assert {(i, i + 10) for i in range(10)} <= pairs  # retrieval finds the revisits
+    assert len(pairs) < 20 * 19 // 2 // 2
+
+
 def test_focal_self_calibration_recovers_the_focal():
     W, H, f = 640, 480, 520.0
     K = np.array([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]])

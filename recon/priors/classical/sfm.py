@@ -30,6 +30,7 @@ from recon.priors.classical.twoview import (
     TwoView,
     essential_magsac,
     estimate_shared_focal,
+    focal_inlier_support,
     fundamental_magsac,
     homography_inliers,
     ray_angles_deg,
@@ -68,8 +69,11 @@ class SfMConfig:
     retrieval_k: int = 5
     fov_range_deg: tuple[float, float] = (15.0, 120.0)
     """Field-of-view range (over the long side) of the focal self-calibration sweep."""
-    default_fov_deg: float = 50.0
-    """Field of view assumed when neither EXIF nor the images constrain the focal (BA then refines it)."""
+    focal_sweep_pairs: int = 5
+    """Pairs (most inliers first) whose essential-matrix inliers are counted over a sweep of focals."""
+    focal_support: float = 0.95
+    """Focals whose mean relative inlier count reaches this fraction of the best are consistent with the
+    matches; a self-calibrated focal outside that set is rejected."""
     min_tri_angle_deg: float = 1.0
     """Points whose viewing rays meet at a smaller angle have unreliable depth and are not triangulated."""
     init_angle_deg: float = 5.0
@@ -80,6 +84,8 @@ class SfMConfig:
     min_scale_points: int = 3
     """Points shared with the reconstruction needed to place a view from its essential matrix when PnP
     has too few (only the baseline length is unknown then)."""
+    max_pair_rotation_change_deg: float = 10.0
+    """How far refining such a view on the shared points may rotate it away from the pair's estimate."""
     ba_loss: str = "soft_l1"
     """scipy.optimize.least_squares robust loss of bundle adjustment."""
     ba_max_nfev: int = 40
@@ -351,12 +357,24 @@ class _Reconstruction:
         s = float(np.median(s_each))
         if not np.isfinite(s) or s <= 0:
             return False
-        w2c = np.eye(4)
-        w2c[:3, :3] = A_R
-        w2c[:3, 3] = A_t + s * tt
-        uv, z = project_points(w2c[None], self.focal, self.pp, X, np.zeros(len(el), int))
-        good = (np.linalg.norm(uv - t.xy[el], axis=1) < self.reproj) & (z > 0)
-        if good.sum() < self.cfg.min_scale_points:
+        # the pair's pose is a two-view estimate in a slightly different frame than the bundle-adjusted
+        # one: refine it on the shared points (Levenberg-Marquardt from this start, then on the inliers)
+        rvec, tvec = cv2.Rodrigues(A_R)[0], (A_t + s * tt).reshape(3, 1)
+        img = t.xy[el].astype(np.float64)
+        good = np.ones(len(el), bool)
+        for _ in range(2):
+            rvec, tvec = cv2.solvePnPRefineLM(X[good], img[good], self.K, None, rvec, tvec)
+            w2c = np.eye(4)
+            w2c[:3, :3] = cv2.Rodrigues(rvec)[0]
+            w2c[:3, 3] = tvec.ravel()
+            uv, z = project_points(w2c[None], self.focal, self.pp, X, np.zeros(len(el), int))
+            good = (np.linalg.norm(uv - img, axis=1) < self.reproj) & (z > 0)
+            if good.sum() < self.cfg.min_scale_points:
+                return False
+        # the refined rotation must stay close to the pair's: a large change means the few shared points
+        # were outliers that dragged the pose away
+        dR = np.degrees(np.arccos(np.clip((np.trace(w2c[:3, :3] @ A_R.T) - 1) / 2, -1, 1)))
+        if dR > self.cfg.max_pair_rotation_change_deg:
             return False
         self.w2c[v] = w2c
         self.el_ok[el[~good]] = False
@@ -428,6 +446,7 @@ def _incremental(
     K: np.ndarray,
     thr: float,
     cfg: SfMConfig,
+    refine_focal: bool,
 ) -> _Reconstruction:
     """Grow a reconstruction from the pair ``init`` by PnP, one view at a time (best-connected first)."""
     rec = _Reconstruction(tracks, n_views, K, thr, cfg)
@@ -458,7 +477,9 @@ def _incremental(
             break
         todo.remove(placed)
         rec.triangulate()
-        rec.bundle(fixed=init.i, refine_focal=False)
+        # from three views on, the focal is observable: refining it early keeps a rough initial focal
+        # (default field of view) from failing the registration of later views
+        rec.bundle(fixed=init.i, refine_focal=refine_focal and len(rec.w2c) >= 3)
         rec.triangulate()
     return rec
 
@@ -521,19 +542,29 @@ def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
         raise ReconError(f"the photos {shown} share no reliable feature matches{detail}; "
                          "give overlapping photos of one scene")
 
-    # focal: EXIF, else self-calibration from the fundamental matrices
+    # focal: EXIF, else self-calibration from the fundamental matrices checked against the focals under
+    # which the matches are best explained as calibrated geometry (essential-matrix inliers)
     exif = [f for f in (views.exif_focal_px or []) if f]
+    est, support_info = None, None
     if exif:
         focal, focal_src = float(np.median(exif)), "exif"
-        est = None
     else:
         est = estimate_shared_focal([p.F for p in verified], [float(p.n_f_inliers) for p in verified], (W, H),
                                     cfg.fov_range_deg)
-        if est.confident:
+        strongest = sorted(verified, key=lambda p: p.n_f_inliers, reverse=True)[: cfg.focal_sweep_pairs]
+        corr = [(feats[p.i].xy[p.matches[:, 0]], feats[p.j].xy[p.matches[:, 1]]) for p in strongest]
+        focals, support = focal_inlier_support(corr, (W, H), cfg.fov_range_deg, thr, cfg.ransac_confidence,
+                                               cfg.ransac_max_iters)
+        allowed = support >= cfg.focal_support * support.max()
+        support_info = {"focals": focals.tolist(), "support": support.tolist()}
+        k_est = int(np.argmin(np.abs(np.log(focals) - np.log(est.focal_px))))
+        if est.confident and allowed[k_est]:
             focal, focal_src = est.focal_px, "self-calibration"
         else:
-            focal = 0.5 * max(W, H) / np.tan(np.radians(cfg.default_fov_deg) / 2)
-            focal_src = "default-fov"
+            # the data only bound the focal: take the middle (in log focal) of the allowed range and let
+            # bundle adjustment refine it once three views are placed
+            focal = float(np.exp(np.log(focals[allowed]).mean()))
+            focal_src = "inlier-support"
     K = np.array([[focal, 0, W / 2.0], [0, focal, H / 2.0], [0, 0, 1.0]])
 
     # essential matrices, relative poses and baselines
@@ -558,10 +589,11 @@ def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
             failed[names[v]] = (f"shares at most {cnt} geometrically verified matches with any other photo"
                                 f"{with_}, need {cfg.min_inliers}: it does not overlap the others")
     tracks = _TrackSet(feats, [p for p in verified if p.e_inliers is not None], 2.0 * thr)
+    refine_f = cfg.refine_focal and focal_src != "exif"
     best: _Reconstruction | None = None
     tried = []
     for init in _initial_pairs(verified, cfg)[: cfg.init_attempts]:
-        rec = _incremental(init, verified, tracks, n, connected, K, thr, cfg)
+        rec = _incremental(init, verified, tracks, n, connected, K, thr, cfg, refine_f)
         tried.append((names[init.i], names[init.j], len(rec.w2c)))
         key = (len(rec.w2c), int(rec.triangulated().sum()))
         if best is None or key > (len(best.w2c), int(best.triangulated().sum())):
@@ -577,10 +609,16 @@ def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
     rec = best
     fixed = min(rec.w2c)
     # final refinement: the focal too, when >= 3 views constrain it (2 views leave it weakly determined)
-    refine_f = cfg.refine_focal and len(rec.w2c) >= 3 and focal_src != "exif"
+    refine_f = refine_f and len(rec.w2c) >= 3
     ba_info = rec.bundle(fixed=fixed, refine_focal=refine_f)
     rec.triangulate()
     ba_info = rec.bundle(fixed=fixed, refine_focal=refine_f)
+    f_lo, f_hi = (0.5 * max(W, H) / np.tan(np.radians(a) / 2) for a in cfg.fov_range_deg[::-1])
+    if not f_lo <= rec.focal <= f_hi:  # the views do not pin the focal down: keep the initial one
+        rec.focal = focal
+        rec.K = K.copy()
+        ba_info = rec.bundle(fixed=fixed, refine_focal=False)
+        ba_info["focal_refinement"] = "rejected (left the field-of-view range)"
     timings["registration_s"] = time.perf_counter() - t3
     for v in connected:
         if v not in rec.w2c:
@@ -593,6 +631,8 @@ def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
         "focal_init_px": focal,
         "focal_source": focal_src,
         "focal_selfcal_px": None if est is None else est.focal_px,
+        "focal_selfcal_confident": None if est is None else est.confident,
+        "focal_support": support_info,
         "threshold_px": thr,
         "n_features": [len(f) for f in feats],
         "pairs": [
