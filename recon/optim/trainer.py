@@ -344,15 +344,14 @@ def train(
     params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     lrs = _lr_table(cfg, extent)
     optimizer = _make_optimizer(params, lrs)
-    # One 6-vector per camera, each its own Adam parameter: a camera that is not in this step's batch has
-    # no gradient, and Adam skips it instead of coasting on stale momentum (a per-camera sparse Adam).
-    fixed = {0} if cfg.fix_first_pose else set()
-    pose_params = [
-        torch.zeros(6, device=device, requires_grad=cfg.optimize_poses and i not in fixed)
-        for i in range(n_views)
-    ]
-    trainable = [p for p in pose_params if p.requires_grad]
-    pose_opt = torch.optim.Adam(trainable, lr=cfg.pose_lr) if trainable else None
+    # One (N, 6) tensor of deltas under one Adam. Cameras outside a step's batch get zero gradients and
+    # keep moving on their momentum; measured on the synthetic scene this converges faster than per-camera
+    # (sparse) Adam updates. The mask pins the first camera when asked (its row's gradient is always 0).
+    pose_delta = torch.zeros(n_views, 6, device=device, requires_grad=cfg.optimize_poses)
+    pose_mask = torch.ones(n_views, 1, device=device)
+    if cfg.fix_first_pose:
+        pose_mask[0] = 0.0
+    pose_opt = torch.optim.Adam([pose_delta], lr=cfg.pose_lr) if cfg.optimize_poses else None
     gen = torch.Generator().manual_seed(cfg.seed)
     sampler = _ViewSampler(n_views, gen)
     strategy = DensifyStrategy(cfg.densify_cfg, extent, len(params["means"]), device) if cfg.densify else None
@@ -361,8 +360,7 @@ def train(
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         with torch.no_grad():
-            for p, saved in zip(pose_params, state["pose_delta"], strict=True):
-                p.copy_(saved)
+            pose_delta.copy_(state["pose_delta"])
         if pose_opt is not None and state["pose_optimizer"] is not None:
             pose_opt.load_state_dict(state["pose_optimizer"])
         gen.set_state(state["generator"])
@@ -375,7 +373,7 @@ def train(
         step = int(state["step"])
 
     def current_w2c() -> Tensor:
-        return apply_pose_deltas(w2c_ref, torch.stack(pose_params), extent)
+        return apply_pose_deltas(w2c_ref, pose_delta * pose_mask, extent)
 
     def snapshot_gaussians() -> Gaussians:
         return Gaussians(**{k: v.detach().clone() for k, v in params.items()})
@@ -392,7 +390,7 @@ def train(
             "extent": extent,
             "gaussians": {k: v.detach() for k, v in params.items()},
             "optimizer": optimizer.state_dict(),
-            "pose_delta": torch.stack(pose_params).detach(),
+            "pose_delta": pose_delta.detach(),
             "pose_optimizer": None if pose_opt is None else pose_opt.state_dict(),
             "generator": gen.get_state(),
             "view_queue": list(sampler.queue),
@@ -427,7 +425,7 @@ def train(
 
             batch = sampler.next(cfg.batch_size)
             ids = torch.tensor(batch, device=device)
-            delta = torch.stack([pose_params[i] for i in batch])
+            delta = (pose_delta * pose_mask)[ids]
             w2c = apply_pose_deltas(w2c_ref[ids], delta, extent)
             g = Gaussians(**params)
             degree = sh_degree_at(step, cfg.sh_degree, cfg.sh_increase_every)
