@@ -218,6 +218,15 @@ def test_depth_prior_improves_rendered_depth(small_scene):
     assert with_depth > 0.95
 
 
+def test_fix_first_pose_pins_camera_zero(small_scene, small_gaussians):
+    cams = perturb_cameras(small_scene.views.cameras, 2.0, 0.1, seed=5)
+    res = train(small_gaussians, cams, small_scene.views.images,
+                TrainConfig(iters=10, sh_degree=0, batch_size=4, fix_first_pose=True), progress=False)
+    assert torch.equal(res.cameras.w2c[0], cams.w2c[0])
+    moved = (res.cameras.w2c[1:] - cams.w2c[1:]).abs().amax(dim=(1, 2))
+    assert bool((moved > 1e-4).all())
+
+
 def test_bad_inputs_raise_recon_error(small_scene, small_gaussians):
     cams, imgs = small_scene.views.cameras, small_scene.views.images
     with pytest.raises(ReconError, match="images for"):
