@@ -78,7 +78,7 @@ class DenseConfig:
     n_neighbors: int = 4
     """Source views per reference view (the best by triangulation angle when not given)."""
     top_k: int = 2
-    """Per pixel and plane, average the best ``top_k`` source NCC scores (occlusion robustness)."""
+    """Per pixel and plane, average the best ``top_k`` NCC scores of the sources that see the window."""
     aggregate_window: int = 3
     """Extra box filter (odd side, 1 = off) over the aggregated score volume before winner-take-all."""
     ncc_min: float = 0.3
