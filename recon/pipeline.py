@@ -148,7 +148,7 @@ def reconstruct(
     timings["train"] = time.perf_counter() - t2
 
     with torch.no_grad():
-        renders = render_images(result.gaussians, result.cameras, None)
+        renders = render_images(result.gaussians, result.cameras, cfg.train.background)
     train_scores = score_views(renders.cpu(), train_views.images, train_views.names)
     metrics: dict = {
         "train": {"psnr": train_scores.psnr, "ssim": train_scores.ssim},
@@ -192,7 +192,9 @@ def evaluate_held_out(
             raise ReconError("held-out views with estimated poses need the training views' reference poses")
         cams = align_reference_cameras(recon.cameras, ref_train, test_views.cameras)
         iters = cfg.test_pose_iters
-    scores, renders, _ = evaluate_test_views(recon.gaussians, cams, test_views.images, fit_pose_iters=iters)
+    scores, renders, _ = evaluate_test_views(
+        recon.gaussians, cams, test_views.images, fit_pose_iters=iters, background=cfg.train.background
+    )
     return {"psnr": scores.psnr, "ssim": scores.ssim, "per_view": scores.per_view}, renders
 
 
@@ -230,7 +232,7 @@ def run(
     )
     recon.metrics["timings"]["prior"] = t_prior
     with torch.no_grad():
-        train_renders = render_images(recon.gaussians, recon.cameras, None)
+        train_renders = render_images(recon.gaussians, recon.cameras, cfg.train.background)
     renders = {"train": (recon.views.names, train_renders, recon.views.images)}
     if test_views is not None:
         ref_train = None if train_views.cameras is None else train_views.cameras.subset(recon.cameras.names)

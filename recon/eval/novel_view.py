@@ -57,7 +57,7 @@ def evaluate_test_views(
     cameras: Cameras,
     images: torch.Tensor,
     fit_pose_iters: int = 0,
-    background: torch.Tensor | None = None,
+    background: torch.Tensor | tuple[float, float, float] | None = None,
 ) -> tuple[ViewScores, torch.Tensor, Cameras]:
     """Render ``cameras`` (already in the reconstruction's frame), optionally after refining their poses
     against the frozen Gaussians for ``fit_pose_iters`` steps, and score against ``images`` (N,H,W,3).
@@ -65,7 +65,7 @@ def evaluate_test_views(
     Returns the scores, the renders and the (refined) cameras.
     """
     if fit_pose_iters > 0:
-        cameras = fit_poses(gaussians, cameras, images, iters=fit_pose_iters)
+        cameras = fit_poses(gaussians, cameras, images, iters=fit_pose_iters, background=background)
     with torch.no_grad():
         renders = render_images(gaussians, cameras, background)
     return score_views(renders, images, cameras.names), renders, cameras
