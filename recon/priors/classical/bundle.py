@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 from scipy.sparse import coo_matrix
+from scipy.spatial.transform import Rotation
 
 
 def rodrigues(rvec: np.ndarray) -> np.ndarray:
@@ -33,8 +34,6 @@ def rodrigues(rvec: np.ndarray) -> np.ndarray:
 
 def rotvec(R: np.ndarray) -> np.ndarray:
     """Axis-angle vectors (N, 3) of rotation matrices (N, 3, 3)."""
-    from scipy.spatial.transform import Rotation
-
     return Rotation.from_matrix(R).as_rotvec()
 
 

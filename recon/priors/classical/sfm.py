@@ -1,10 +1,13 @@
 """Incremental structure from motion for a few (3 to ~30) unposed photos.
 
 Stages: SIFT/RootSIFT features (with affine simulation for few views) -> mutual-NN + ratio matching over
-a pair graph -> MAGSAC++ fundamental matrices -> a shared focal (EXIF, else self-calibration from the
-fundamental matrices) -> MAGSAC++ essential matrices -> feature tracks -> a robust initial pair -> PnP
-registration of the other views, triangulation with angle and reprojection checks, and bundle adjustment
-after every step -> a final bundle adjustment that also refines the focal.
+a pair graph -> MAGSAC++ fundamental matrices -> a shared focal (EXIF; else self-calibration from the
+fundamental matrices, accepted only where the focal also explains the matches as essential-matrix
+geometry, otherwise the middle of the focal range that does) -> MAGSAC++ essential matrices -> feature
+tracks -> a robust initial pair -> PnP registration of the other views (or, with too few 3D points,
+placement from the view's essential matrix with a placed view plus a scale from the shared points),
+triangulation with angle and reprojection checks, and bundle adjustment after every step, refining the
+focal from three views on.
 
 Everything is float64 numpy internally; the result carries project ``Cameras`` (float32 torch).
 Never reads ``views.cameras``: reference cameras are for evaluation only.
