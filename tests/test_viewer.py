@@ -30,10 +30,9 @@ from viewer.scene import (  # noqa: E402
     vertical_fov,
     viser_pose,
 )
-from viewer.server import resolve_port, start_server  # noqa: E402
+from viewer.server import CANVAS_RGB, resolve_port, start_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-WHITE = (255, 255, 255)  # viser's canvas background
 WINDOW = (1000, 700)
 SCENE_COLS = 620  # the GUI panel sits right of this column at this window size
 
@@ -41,6 +40,19 @@ SCENE_COLS = 620  # the GUI panel sits right of this column at this window size
 def scene_region(px: np.ndarray) -> np.ndarray:
     """The canvas left of the GUI panel, without the axes gizmo in the bottom-left corner."""
     return px[:-80, :SCENE_COLS]
+
+
+def image_correlation(a: np.ndarray, b: np.ndarray, block: int = 10) -> float:
+    """Pearson correlation of the block-averaged grey levels of two screenshots' scene regions."""
+    def grey_blocks(px: np.ndarray) -> np.ndarray:
+        g = scene_region(px).astype(np.float64).mean(-1)
+        h, w = (s // block * block for s in g.shape)
+        return g[:h, :w].reshape(h // block, block, w // block, block).mean((1, 3)).ravel()
+
+    x, y = grey_blocks(a), grey_blocks(b)
+    if x.std() == 0 or y.std() == 0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
 
 
 @pytest.fixture(scope="module")
@@ -281,9 +293,9 @@ def test_recon_view_shows_the_scene_in_chromium(sample_out, tmp_path):
             browser.navigate(url)
             assert _wait_line(lines, r"browser connected", timeout=60), f"server saw no client: {lines}"
             ok, px = browser.pixels_until(
-                lambda p: foreground_fraction(scene_region(p), WHITE) > 0.10, timeout=60
+                lambda p: foreground_fraction(scene_region(p), CANVAS_RGB) > 0.10, timeout=60
             )
-            frac = foreground_fraction(scene_region(px), WHITE)
+            frac = foreground_fraction(scene_region(px), CANVAS_RGB)
             from PIL import Image
 
             Image.fromarray(px).save(tmp_path / "view.png")
@@ -302,8 +314,9 @@ def test_recon_view_shows_the_scene_in_chromium(sample_out, tmp_path):
 @needs_chromium
 def test_viewer_controls_in_chromium(sample_out):
     """In a browser: Gaussians alone fill the view and hiding them empties it (the blank check can fail);
-    looking through a camera puts the browser's camera at that camera's pose; the server-side recon
-    render reaches the page."""
+    looking through a camera puts the browser's camera at that camera's pose; from there recon's own
+    render (server side) and the browser's splats show the same image, so the browser-camera -> recon
+    camera conversion (pose, field of view, aspect) is right."""
     from viewer.app import open_results
     from viewer.scene import RENDER_BROWSER, RENDER_RECON
 
@@ -320,7 +333,7 @@ def test_viewer_controls_in_chromium(sample_out):
             scene.show_optimised.value = False
 
             def frac(p):
-                return foreground_fraction(scene_region(p), WHITE)
+                return foreground_fraction(scene_region(p), CANVAS_RGB)
 
             ok, px = browser.pixels_until(lambda p: frac(p) > 0.10, timeout=60)
             assert ok, f"Gaussians alone cover only {frac(px):.3f} of the view"
@@ -344,16 +357,22 @@ def test_viewer_controls_in_chromium(sample_out):
             fov = vertical_fov(app.results.cameras.subset([2]))[0]
             assert client.camera.fov == pytest.approx(fov, abs=1e-4)
 
-            # The server-side render: from camera 2 it shows the scene over a black background.
+            # Through camera 2 the splats fill the view; recon's render must show the same picture.
+            ok, splats = browser.pixels_until(lambda p: frac(p) > 0.5, timeout=30)
+            assert ok, f"through camera 2 the splats cover only {frac(splats):.3f} of the view"
+            time.sleep(1.0)
+            splats = browser.pixels()
             scene.render_mode.value = RENDER_RECON
-            deadline = time.monotonic() + 120  # the first render may build the native kernels
+            deadline = time.monotonic() + 180  # the first render may build the native kernels
             while scene.renders == 0 and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert scene.renders >= 1
-            ok, px = browser.pixels_until(
-                lambda p: foreground_fraction(scene_region(p), WHITE) > 0.5, timeout=30
-            )
-            assert ok, "the recon render did not appear in the page"
+            ok, recon = browser.pixels_until(lambda p: image_correlation(p, splats) > 0.95, timeout=30)
+            corr = image_correlation(recon, splats)
+            assert ok, f"recon's render and the browser's splats disagree (correlation {corr:.3f})"
+            # The same check fails for a view off by a few pixels: it does detect a misaligned camera.
+            shifted = np.roll(recon, 30, axis=1)
+            assert image_correlation(shifted, splats) < corr - 0.05
             scene.render_mode.value = RENDER_BROWSER
     finally:
         app.close()

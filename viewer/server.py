@@ -17,6 +17,8 @@ from recon.errors import ReconError
 
 PORT_TRIES = 50
 """Ports after the asked one to try before letting the OS choose any free port."""
+CANVAS_RGB = (20, 20, 20)
+"""Colour of the empty 3D canvas in viser's dark theme (what screenshots compare against)."""
 
 
 def _bindable(host: str, port: int) -> bool:
@@ -122,6 +124,9 @@ def start_server(
         raise ReconError("the viewer needs viser: pip install 'recon[viewer]'") from None
     chosen = resolve_port(host, port)
     server = viser.ViserServer(host=host, port=chosen, label=label, verbose=False)
+    # Dark canvas: the trainer composites on black, so semi-transparent Gaussians look as they were fitted.
+    # No share button: it would publish the scene through viser's public relay.
+    server.gui.configure_theme(dark_mode=True, show_share_button=False)
     bound = int(server.get_port())  # viser moves on by itself if another process took it meanwhile
     vs = ViewerServer(server=server, host=host, port=bound, url=viewer_url(host, bound))
     if log is not None:
