@@ -1,7 +1,8 @@
 // Stage 1: EWA projection of 3D Gaussians into pinhole cameras, forward and analytic backward.
 //
-// Arithmetic is in double (it is O(C N), cheap next to compositing) so that the float32 outputs are
-// correctly rounded values of the same formulas torch_ref.py evaluates.  Parallel over Gaussians: each
+// Arithmetic is in double (it is O(C N), cheap next to compositing), so the float32 outputs carry little
+// more than their final rounding; torch_ref.py evaluates the same formulas in float32.  Parallel over
+// Gaussians (dynamic chunks, robust to a thread losing its core on a shared machine): each
 // thread owns whole Gaussians (all cameras), so the per-Gaussian gradients need no reduction; the w2c
 // gradients are reduced from per-thread buffers.
 #include <omp.h>
@@ -133,7 +134,7 @@ void project_forward(const ProjectionArgs& a, const float* means, const float* q
   const int64_t C = a.C, N = a.N;
   std::vector<Camera> cams(C);
   for (int64_t c = 0; c < C; ++c) cams[c] = load_camera(w2c + 16 * c, K + 9 * c, a.width, a.height);
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 512)
   for (int64_t n = 0; n < N; ++n) {
     double qn[4], qnorm;
     Mat3 Rq, M, cov3d;
@@ -174,7 +175,7 @@ void project_backward(const ProjectionArgs& a, const float* means, const float* 
 #pragma omp parallel num_threads(T)
   {
     double* my_w2c = w2c_buf.data() + (size_t)omp_get_thread_num() * C * 12;
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 512)
     for (int64_t n = 0; n < N; ++n) {
       double qn[4], qnorm;
       Mat3 Rq, M, cov3d;

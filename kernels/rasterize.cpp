@@ -392,7 +392,7 @@ void pack_gaussians(const RasterArgs& a, const float* means2d, const float* coni
                     const float* colors, const float* depths, float* records, int n_threads) {
   const int64_t CN = a.C * a.N;
   Rec* recs = reinterpret_cast<Rec*>(records);
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1024)
   for (int64_t i = 0; i < CN; ++i) {
     const int64_t c = i / a.N, n = i % a.N;
     Rec& r = recs[i];
@@ -527,7 +527,7 @@ void rasterize_backward(const RasterArgs& a, const float* records, const float* 
   const bool shared_o = a.opac_cstride == 0, shared_c = a.color_cstride == 0;
   if (shared_o) std::fill(g_opacities, g_opacities + N, 0.f);
   if (shared_c) std::fill(g_colors, g_colors + N * D, 0.f);
-#pragma omp parallel for num_threads(T_threads) schedule(static)
+#pragma omp parallel for num_threads(T_threads) schedule(dynamic, 1024)
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t c = 0; c < C; ++c) {
       const int64_t i = c * N + n;

@@ -10,6 +10,9 @@ compiled once into the shared cache (``$RECON_CACHE_DIR`` or ``~/.cache/recon``)
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import warnings
 
 import pytest
 import torch
@@ -205,3 +208,24 @@ def test_empty_and_fully_culled_scenes():
     assert img.abs().max() == 0 and alpha.abs().max() == 0 and acc_depth.abs().max() == 0
     img.sum().backward()
     assert leaves["means"].grad.abs().max() == 0
+
+
+def test_build_is_cached_across_processes():
+    """A second process loads the compiled kernels from the cache: no compile message, no compiler needed."""
+    code = "from recon.render import native; assert native.available(); print(native._module.__name__)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "compiling" not in res.stderr
+    assert res.stdout.strip() == native._module.__name__
+
+
+def test_missing_sources_fall_back_with_one_warning(monkeypatch, tmp_path):
+    monkeypatch.setattr(native, "_module", None)
+    monkeypatch.setattr(native, "_failed", None)
+    monkeypatch.setattr(native, "KERNEL_DIR", tmp_path / "nowhere")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert native.available() is False
+        assert native.available() is False
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+    assert "pure-PyTorch" in str(caught[0].message)

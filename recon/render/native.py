@@ -94,7 +94,7 @@ def _build_key(flags: list[str]) -> str:
 def _load_built(name: str, build_dir: Path) -> ModuleType | None:
     """Import an already compiled extension straight from the cache (no ninja, no compiler)."""
     so = build_dir / f"{name}.so"
-    if not so.is_file():
+    if not so.is_file() or (build_dir / "lock").exists():  # torch's build lock: another process is linking
         return None
     spec = importlib.util.spec_from_file_location(name, so)
     if spec is None or spec.loader is None:
