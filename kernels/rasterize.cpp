@@ -146,7 +146,11 @@ inline const Rec* as_recs(const float* p) { return reinterpret_cast<const Rec*>(
 struct FwdScratch {
   std::vector<float> T, acc_a, acc_z, w_buf, acc_c;
   std::vector<int32_t> last;
-  FwdScratch(int P, int D) : T(P), acc_a(P), acc_z(P), w_buf(P), acc_c((size_t)D * P), last(P) {}
+  // kLanes of slack after each array: a group of lanes starts at the box's first pixel, so its last lanes
+  // may run past the row (and past the tile); they are masked off and only rewrite unchanged values.
+  FwdScratch(int P, int D)
+      : T(P + kLanes), acc_a(P + kLanes), acc_z(P + kLanes), w_buf(P + kLanes), acc_c((size_t)D * P + kLanes),
+        last(P + kLanes) {}
 };
 
 template <int DC>
@@ -182,7 +186,7 @@ void forward_tile(const RasterArgs& a, int64_t t, const Rec* recs, const float* 
     const int32_t kk = (int32_t)(k - start + 1);
     for (int ly = ya; ly <= yb; ++ly) {
       const float dy = my - ((float)(g.y0 + ly) + 0.5f);
-      for (int g0 = xa / kLanes * kLanes; g0 <= xb; g0 += kLanes) {
+      for (int g0 = xa; g0 <= xb; g0 += kLanes) {  // groups start at the box
         const int p0 = ly * S + g0;
         int halts = 0;
 #pragma omp simd reduction(+ : halts)
@@ -247,7 +251,10 @@ struct BwdScratch {
   std::vector<float> T, vA, vZ, w_buf, vC;
   std::vector<int32_t> last;
   std::vector<float> gcol;
-  BwdScratch(int P, int D) : F(P), Psum(P), T(P), vA(P), vZ(P), w_buf(P), vC((size_t)D * P), last(P), gcol(D) {}
+  // kLanes of slack after each array, as in FwdScratch.
+  BwdScratch(int P, int D)
+      : F(P + kLanes), Psum(P + kLanes), T(P + kLanes), vA(P + kLanes), vZ(P + kLanes), w_buf(P + kLanes),
+        vC((size_t)D * P + kLanes), last(P + kLanes), gcol(D) {}
 };
 
 template <int DC>
@@ -306,7 +313,7 @@ void backward_tile(const RasterArgs& a, int64_t t, const Rec* recs, const float*
     if constexpr (DC == 0) std::fill(st.gcol.begin(), st.gcol.end(), 0.f);
     for (int ly = ya; ly <= yb; ++ly) {
       const float dy = my - ((float)(g.y0 + ly) + 0.5f);
-      for (int g0 = xa / kLanes * kLanes; g0 <= xb; g0 += kLanes) {
+      for (int g0 = xa; g0 <= xb; g0 += kLanes) {  // groups start at the box
         const int p0 = ly * S + g0;
         float cd_l[kLanes] = {};
         if constexpr (DC == 0) {
