@@ -226,32 +226,39 @@ def initialize(n: int, preds: list[PairPrediction], cfg: AlignConfig):
 
 def global_align(n: int, preds: list[PairPrediction], cfg: AlignConfig | None = None) -> AlignResult:
     """Align pairwise predictions over ``n`` views; every view must appear as the first view of some pair
-    (run the network on both orders (i, j) and (j, i), as the standard symmetric pair graph does)."""
+    (run the network on both orders (i, j) and (j, i), as the standard symmetric pair graph does).
+
+    The initialisation runs on the CPU in float64; the optimisation runs in float32 on the predictions'
+    device, vectorised over all edges (one residual tensor of shape (E, 2, H, W)).
+    """
     cfg = cfg or AlignConfig()
+    device = preds[0].pts_i.device
     H, W = preds[0].pts_i.shape[:2]
-    edge_sim, focal0, c2w0, depth0, order = initialize(n, preds, cfg)
+    cpu_preds = [
+        PairPrediction(p.i, p.j, p.pts_i.cpu(), p.pts_j.cpu(), p.conf_i.cpu(), p.conf_j.cpu()) for p in preds
+    ]
+    edge_sim, focal0, c2w0, depth0, order = initialize(n, cpu_preds, cfg)
     edges = sorted(edge_sim)
 
-    # Parameters (float64 for stability; sizes are small at the network resolution).
-    log_depth = torch.log(depth0).clone().requires_grad_(True)
-    log_focal = torch.log(focal0).clone().requires_grad_(cfg.optimize_focal)
-    q_view = rotmat_to_quat(c2w0[:, :3, :3]).clone().requires_grad_(True)
-    t_view = c2w0[:, :3, 3].clone().requires_grad_(True)
-    log_s = torch.stack([torch.log(edge_sim[k][0]) for k in edges]).clone().requires_grad_(True)
-    q_edge = torch.stack([rotmat_to_quat(edge_sim[k][1]) for k in edges]).clone().requires_grad_(True)
-    t_edge = torch.stack([edge_sim[k][2] for k in edges]).clone().requires_grad_(True)
+    def param(t: torch.Tensor, grad: bool = True) -> torch.Tensor:
+        return t.to(device=device, dtype=torch.float32).clone().requires_grad_(grad)
+
+    log_depth = param(torch.log(depth0))
+    log_focal = param(torch.log(focal0), cfg.optimize_focal)
+    q_view = param(rotmat_to_quat(c2w0[:, :3, :3]))
+    t_view = param(c2w0[:, :3, 3])
+    log_s = param(torch.stack([torch.log(edge_sim[k][0]) for k in edges]))
+    q_edge = param(torch.stack([rotmat_to_quat(edge_sim[k][1]) for k in edges]))
+    t_edge = param(torch.stack([edge_sim[k][2] for k in edges]))
     mean_log_s0 = log_s.detach().mean()
 
-    X = {k: (preds[k].pts_i.double(), preds[k].pts_j.double()) for k in edges}
-    Wt = {}
-    for k in edges:
-        p = preds[k]
-        ws = []
-        for c in (p.conf_i, p.conf_j):
-            c = c.double().clamp(max=1e3)
-            ws.append(torch.where(c > cfg.conf_min, c**cfg.conf_power, torch.zeros_like(c)))
-        Wt[k] = ws
-    norm = sum(float(w.sum()) for ws in Wt.values() for w in ws) or 1.0
+    # Edge data stacked as (E, 2, H, W, ...): slot 0 is the pair's first view, slot 1 its second.
+    views = torch.tensor([[preds[k].i, preds[k].j] for k in edges], device=device)
+    X = torch.stack([torch.stack([preds[k].pts_i, preds[k].pts_j]) for k in edges]).to(device, torch.float32)
+    conf = torch.stack([torch.stack([preds[k].conf_i, preds[k].conf_j]) for k in edges])
+    conf = conf.to(device, torch.float32).clamp(max=1e3)
+    weight = torch.where(conf > cfg.conf_min, conf**cfg.conf_power, torch.zeros_like(conf))
+    norm = float(weight.sum()) or 1.0
 
     def world_points(log_depth, log_focal, q_view, t_view):
         rays = _depth_rays(H, W, torch.exp(log_focal))
@@ -260,22 +267,17 @@ def global_align(n: int, preds: list[PairPrediction], cfg: AlignConfig | None = 
         return pts_cam @ R.transpose(-1, -2)[:, None] + t_view[:, None, None, :]
 
     def loss_fn():
-        P = world_points(log_depth, log_focal, q_view, t_view)
-        # Scale gauge: keep the mean log edge scale fixed.
-        ls = log_s - log_s.mean() + mean_log_s0
-        R_e = quat_to_rotmat(q_edge)
-        total = 0.0
-        for idx, k in enumerate(edges):
-            p = preds[k]
-            for v, Xv, w in ((p.i, X[k][0], Wt[k][0]), (p.j, X[k][1], Wt[k][1])):
-                pred = torch.exp(ls[idx]) * Xv @ R_e[idx].T + t_edge[idx]
-                total = total + (w * (P[v] - pred).norm(dim=-1)).sum()
-        return total / norm
+        P = world_points(log_depth, log_focal, q_view, t_view)  # (N, H, W, 3)
+        scale = torch.exp(log_s - log_s.mean() + mean_log_s0)  # scale gauge: mean log scale fixed
+        R_e = quat_to_rotmat(q_edge)  # (E, 3, 3)
+        pred = scale[:, None, None, None, None] * torch.einsum("eij,evhwj->evhwi", R_e, X)
+        pred = pred + t_edge[:, None, None, None, :]
+        return (weight * (P[views] - pred).norm(dim=-1)).sum() / norm
 
     params = [log_depth, q_view, t_view, log_s, q_edge, t_edge] + ([log_focal] if cfg.optimize_focal else [])
     opt = torch.optim.Adam(params, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(cfg.iters, 1), eta_min=cfg.lr * 0.01)
-    loss = loss_fn()
+    identity_q = torch.tensor([1.0, 0.0, 0.0, 0.0], device=device)
     for _ in range(cfg.iters):
         opt.zero_grad()
         loss = loss_fn()
@@ -284,7 +286,7 @@ def global_align(n: int, preds: list[PairPrediction], cfg: AlignConfig | None = 
         sched.step()
         with torch.no_grad():
             # Gauge: the first view stays at the origin with identity rotation.
-            q_view[0] = torch.tensor([1.0, 0, 0, 0], dtype=q_view.dtype)
+            q_view[0] = identity_q
             t_view[0] = 0
             if cfg.shared_focal and cfg.optimize_focal:
                 log_focal[:] = log_focal.mean()
@@ -292,17 +294,15 @@ def global_align(n: int, preds: list[PairPrediction], cfg: AlignConfig | None = 
         loss = float(loss_fn())
         P = world_points(log_depth, log_focal, q_view, t_view)
         c2w = make_rigid(quat_to_rotmat(q_view), t_view)
-        conf = torch.zeros(n, H, W, dtype=torch.float64)
-        for k in edges:
-            p = preds[k]
-            conf[p.i] = torch.maximum(conf[p.i], p.conf_i.double())
-            conf[p.j] = torch.maximum(conf[p.j], p.conf_j.double())
+        best = torch.zeros(n, H, W, device=device)
+        for slot in range(2):  # confidence of a view: the best over the edges that contain it
+            best.index_reduce_(0, views[:, slot], conf[:, slot], "amax")
     return AlignResult(
         c2w=c2w.float(),
         focal=torch.exp(log_focal.detach()).float(),
         depth=torch.exp(log_depth.detach()).float(),
         pointmaps=P.float(),
-        conf=conf.float(),
+        conf=best,
         loss=loss,
         tree=[(a, b) for _, a, b in order],
     )
