@@ -463,6 +463,7 @@ def _incremental(
     if rec.triangulated().sum() < cfg.pnp_min_inliers:
         return rec
     todo = [v for v in valid if v not in rec.w2c]
+    n_at_ba = len(rec.w2c)
     while todo:
         # most 2D-3D correspondences first: the best-constrained view
         todo.sort(key=lambda v: len(rec.correspondences_2d3d(v)), reverse=True)
@@ -480,10 +481,14 @@ def _incremental(
             break
         todo.remove(placed)
         rec.triangulate()
-        # from three views on, the focal is observable: refining it early keeps a rough initial focal
-        # (default field of view) from failing the registration of later views
-        rec.bundle(fixed=init.i, refine_focal=refine_focal and len(rec.w2c) >= 3)
-        rec.triangulate()
+        # Bundle-adjust after each of the first views, then whenever the model grew by a tenth (the cost
+        # of a global BA grows with the model; PnP poses of a well-constrained model drift little). From
+        # three views on the focal is observable: refining it early keeps a rough initial focal from
+        # failing the registration of later views.
+        if len(rec.w2c) <= 5 or len(rec.w2c) >= 1.1 * n_at_ba or not todo:
+            rec.bundle(fixed=init.i, refine_focal=refine_focal and len(rec.w2c) >= 3)
+            rec.triangulate()
+            n_at_ba = len(rec.w2c)
     return rec
 
 
