@@ -295,8 +295,10 @@ def global_align(n: int, preds: list[PairPrediction], cfg: AlignConfig | None = 
         P = world_points(log_depth, log_focal, q_view, t_view)
         c2w = make_rigid(quat_to_rotmat(q_view), t_view)
         best = torch.zeros(n, H, W, device=device)
-        for slot in range(2):  # confidence of a view: the best over the edges that contain it
-            best.index_reduce_(0, views[:, slot], conf[:, slot], "amax")
+        for e in range(len(edges)):  # confidence of a view: the best over the edges that contain it
+            for slot in range(2):
+                v = int(views[e, slot])
+                best[v] = torch.maximum(best[v], conf[e, slot])
     return AlignResult(
         c2w=c2w.float(),
         focal=torch.exp(log_focal.detach()).float(),
