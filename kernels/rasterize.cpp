@@ -1,16 +1,18 @@
-// Stage 2: tile binning, front-to-back compositing and its back-to-front backward pass.
+// Stage 2: tile binning, front-to-back compositing and its hand-written backward pass (also front to back).
 //
 // Work is split over tiles (OpenMP, dynamic schedule: tile loads are very uneven).  Memory layout:
 //  * every Gaussian's rasterisation inputs are first packed into one 64-byte record (mean, conic, opacity,
 //    depth, pixel box, colour), so visiting a tile-list entry touches a single cache line;
 //  * inside a tile the per-pixel state (transmittance, accumulators, ...) is a structure of arrays over
-//    the tile's pixels, rows padded to a multiple of kLanes;
+//    the tile's pixels (rows padded to a multiple of kLanes, plus kLanes of slack at the end);
 //  * a Gaussian is applied only to the pixels of its visibility box: the bounding box of the ellipse where
 //    opacity * exp(-sigma) >= 1/255 (from the conic and the opacity, plus a margin).  Outside it the
 //    reference rule skips the pair anyway, so results are unchanged while small splats cost a few pixels
 //    instead of a whole tile;
-//  * the box is walked in groups of kLanes pixels of a row with branch-free, fixed-width inner loops that
-//    the compiler turns into SIMD (the exponential below is written to vectorise).
+//  * the box is walked row by row in groups of kLanes pixels starting at its first column, with branch-free,
+//    fixed-width inner loops that the compiler turns into SIMD (the exponential below is written to
+//    vectorise); lanes past the box are masked.
+// Per-thread gradient buffers (one per OpenMP thread, reduced at the end) avoid atomics in the backward.
 #include <omp.h>
 
 #include <algorithm>
