@@ -41,15 +41,18 @@ def tiny_model(tmp_path_factory):
     torch.manual_seed(0)
     tok = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=8)
     text = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        vocab_size=len(vocab), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2,
         max_position_embeddings=8, bos_token_id=0, eos_token_id=1, pad_token_id=1))
     unet = diffusers.UNet2DConditionModel(
         block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=16, attention_head_dim=2, norm_num_groups=4)
     vae = diffusers.AutoencoderKL(
         block_out_channels=(8, 16), in_channels=3, out_channels=3, latent_channels=4, norm_num_groups=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, sample_size=32)
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=32)
     pipe = diffusers.StableDiffusionImg2ImgPipeline(
         vae=vae, text_encoder=text, tokenizer=tok, unet=unet, scheduler=diffusers.DDIMScheduler(),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -125,7 +128,8 @@ def test_tiny_diffusers_model_runs_the_whole_stage(scene, first_round, tiny_mode
 
 
 def test_enhancer_shapes_and_dtype(tiny_model):
-    enh = DiffusersEnhancer(tiny_model, torch.device("cpu"), DiffusionConfig(model=tiny_model, inference_steps=2))
+    cfg = DiffusionConfig(model=tiny_model, inference_steps=2)
+    enh = DiffusersEnhancer(tiny_model, torch.device("cpu"), cfg)
     x = torch.rand(3, 44, 60, 3)  # not a multiple of the model's stride: resized in and out
     y = enh(x, None, x, 0.5)
     assert y.shape == x.shape and y.dtype == torch.float32 and 0 <= float(y.min()) and float(y.max()) <= 1

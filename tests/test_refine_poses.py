@@ -120,3 +120,51 @@ def test_outlier_is_corrected_and_psnr_recovers(scene, held_out, clean_run):
     fixed = _held_out_psnr(scene, held_out, out.gaussians, out.cameras, inliers)
     assert fixed > clean - 1.0, (clean, broken, fixed)
     assert fixed > broken + 0.5, (clean, broken, fixed)
+
+
+@pytest.mark.slow
+def test_outlier_corrected_on_llff_fern():
+    """A real scene: 5 LLFF fern training views (96 px, dense-stereo prior from the dataset's poses), one
+    camera rotated by 60 degrees and shifted with its point map. Measured: 1.1 deg after correction (60
+    before); held-out PSNR 24.2 dB vs 24.4 clean and 23.0 uncorrected."""
+    from conftest import shared_scene
+
+    from recon.eval.protocols import make_split
+    from recon.io.datasets import load_views
+    from recon.priors.classical.prior import ClassicalConfig
+    from recon.priors.factory import dense_prior_for_cameras
+
+    views = load_views(shared_scene("llff_fern"), max_side=96)
+    split = make_split(views.names, views.source, 5)
+    tr, te = views.subset(split.train), views.subset(split.test[:4])
+    prior = dense_prior_for_cameras(tr, tr.cameras, ClassicalConfig())
+    c = prior.cameras.centers.double()
+    spread = 2 * float((c - c.mean(0)).norm(dim=1).max())  # shift: 15% of the cameras' spread
+    bad_w2c = perturb_cameras(prior.cameras, 60.0, 0.15 * spread, seed=3).w2c[OUTLIER].double()
+    T = torch.linalg.inv(bad_w2c) @ prior.cameras.w2c[OUTLIER].double()
+    cams = prior.cameras.clone()
+    cams.w2c[OUTLIER] = bad_w2c.float()
+    bad = reposition_prior(prior, cams)  # the point map travels with the wrong pose
+    moved = prior.pointmaps[OUTLIER].double().reshape(-1, 3) @ T[:3, :3].T + T[:3, 3]
+    assert torch.allclose(bad.pointmaps[OUTLIER].double().reshape(-1, 3), moved, atol=1e-3)
+    inliers = [i for i in range(5) if i != OUTLIER]
+
+    def held_out(g, c) -> float:
+        test_cams = align_reference_cameras(c.subset(inliers), tr.cameras.subset(inliers), te.cameras)
+        return evaluate_test_views(g, test_cams, te.images, fit_pose_iters=100)[0].psnr
+
+    results = {}
+    for label, p in [("clean", prior), ("bad", bad)]:
+        g, _ = init_from_prior(p, INIT)
+        res = train(g, p.cameras, tr.images, TrainConfig(iters=300, sh_degree=0), progress=False)
+        results[label] = (res, held_out(res.gaussians, res.cameras))
+    res = results["bad"][0]
+    out = refine(res.gaussians, res.cameras, tr.images, RefineConfig(), TrainConfig(iters=300, sh_degree=0),
+                 prior=bad, init_cfg=INIT, extent=res.scene_extent, progress=False, log=lambda s: None)
+    assert out.metrics["poses"]["corrected"] == [tr.names[OUTLIER]]
+    truth = align_reference_cameras(out.cameras.subset(inliers), tr.cameras.subset(inliers),
+                                    tr.cameras.subset([OUTLIER]))
+    err = float(rotation_angle_deg(out.cameras.w2c[OUTLIER, :3, :3].double(), truth.w2c[0, :3, :3].double()))
+    assert err < 2.0
+    fixed = held_out(out.gaussians, out.cameras)
+    assert fixed > results["clean"][1] - 1.0, (results["clean"][1], results["bad"][1], fixed)

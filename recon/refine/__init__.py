@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from recon.cameras import Cameras, invert_rigid, transform_points
 from recon.gaussians import Gaussians
 from recon.gaussians.init import InitConfig, init_from_prior
-from recon.optim.trainer import TrainConfig, background_tensor, scene_extent, train
+from recon.optim.trainer import TrainConfig, TrainState, background_tensor, scene_extent, train
 from recon.priors.base import PriorResult
 from recon.refine.diffusion import DiffusionConfig, Enhancer, run_diffusion_stage
 from recon.refine.poses import PoseCorrectionConfig, correct_outliers
@@ -90,6 +90,7 @@ def refine(
     extent: float | None = None,
     enhancer: Enhancer | None = None,
     progress: bool = True,
+    callback: Callable[[TrainState], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> RefineResult:
     """Run the refinement stages on a trained reconstruction.
@@ -107,6 +108,8 @@ def refine(
         init_cfg: initialisation settings for that re-initialisation.
         extent: the trainer's scene extent (default: recomputed like the trainer does).
         enhancer: stands in for ``cfg.diffusion.model`` (tests, custom models).
+        callback: passed to the trainer of the re-optimisation after a pose correction (live viewer).
+        log: where the one-line stage messages go.
 
     Returns a :class:`RefineResult`; with no outlier and no diffusion model the inputs come back as they were.
     """
@@ -130,7 +133,7 @@ def refine(
             else:
                 start = gaussians
                 pm["reinitialised"] = False
-            res = train(start, new_cams.to(device), images, reopt_cfg, progress=progress)
+            res = train(start, new_cams.to(device), images, reopt_cfg, progress=progress, callback=callback)
             gaussians, cameras = res.gaussians, res.cameras
             pm["reopt_iters"] = iters
         pm["seconds"] = time.perf_counter() - tp

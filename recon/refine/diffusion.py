@@ -209,7 +209,7 @@ class DiffusersEnhancer:
                 pipe = AutoPipelineForImage2Image.from_pipe(pipe)
             except Exception:
                 if self.mode == "img2img":
-                    msg = f"{path} has no image-to-image form; use --diffusion.mode fixer"
+                    msg = f"{path} has no image-to-image form; use --refine.diffusion.mode fixer"
                     raise ReconError(msg) from None
                 self.mode = "fixer"
         if self.mode == "auto":

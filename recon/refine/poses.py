@@ -94,9 +94,9 @@ class ViewScore:
     name: str
     photo: float
     """Photometric loss (0.8 L1 + 0.2 D-SSIM) of the view's render."""
-    reproj: float
+    reproj: float | None
     """Median over the view's pairs of the median match reprojection error, fraction of the diagonal
-    (NaN when the view has no usable matches)."""
+    (None when the view has no usable matches)."""
     flagged: bool = False
 
 
@@ -210,7 +210,9 @@ def score_views(
         keep = [i for i in order if flag[i]][:max_out]
         flag = np.zeros(n, bool)
         flag[keep] = True
-    scores = [ViewScore(cameras.names[i], float(photo[i]), float(reproj[i]), bool(flag[i])) for i in range(n)]
+    reproj_or_none = [float(r) if np.isfinite(r) else None for r in reproj]
+    scores = [ViewScore(cameras.names[i], float(photo[i]), reproj_or_none[i], bool(flag[i]))
+              for i in range(n)]
     return scores, matching, (rgb, depth, alpha)
 
 
