@@ -311,10 +311,25 @@ def test_recon_view_shows_the_scene_in_chromium(sample_out, tmp_path):
             proc.wait()
 
 
+def _rot(wxyz: np.ndarray) -> np.ndarray:
+    import viser.transforms as vtf
+
+    return vtf.SO3(np.asarray(wxyz, np.float64)).as_matrix()
+
+
+def _screen_point(camera, X: np.ndarray) -> tuple[float, float]:
+    """Page coordinates (CSS pixels) of world point X in a browser camera (viser: OpenCV axes, vertical fov,
+    centred principal point; the canvas fills the page)."""
+    x = _rot(camera.wxyz).T @ (X - camera.position)
+    f = 0.5 * camera.image_height / np.tan(0.5 * camera.fov)
+    u, v = f * x[0] / x[2] + 0.5 * camera.image_width, f * x[1] / x[2] + 0.5 * camera.image_height
+    return float(u), float(v)
+
+
 @needs_chromium
 def test_viewer_controls_in_chromium(sample_out):
     """In a browser: Gaussians alone fill the view and hiding them empties it (the blank check can fail);
-    looking through a camera puts the browser's camera at that camera's pose; from there recon's own
+    clicking a camera's frustum puts the browser's camera at that camera's pose; from there recon's own
     render (server side) and the browser's splats show the same image, so the browser-camera -> recon
     camera conversion (pose, field of view, aspect) is right."""
     from viewer.app import open_results
@@ -342,10 +357,17 @@ def test_viewer_controls_in_chromium(sample_out):
             assert ok, f"with everything hidden {frac(px):.3f} of the view is still drawn"
             scene.show_gaussians.value = True
 
-            # Look through camera 2: the browser applies the pose and reports its camera back.
+            # Click camera 2's frustum (its image plane): the browser's view moves to that camera, and
+            # the browser reports its new camera back.
             client = clients[0]
-            scene.move_to_camera(client, "optimised", 2)
+            scene.show_optimised.value = True
+            time.sleep(1.0)
             wxyz, pos = viser_pose(app.results.cameras.w2c[2:3])
+            image_plane = pos[0] + _rot(wxyz[0])[:, 2] * 0.9 * scene.frame.frustum_scale
+            u, v = _screen_point(client.camera, image_plane)
+            for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+                browser.call("Input.dispatchMouseEvent", type=kind, x=u, y=v, button="left", clickCount=1)
+                time.sleep(0.05)
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 if np.allclose(client.camera.position, pos[0], atol=1e-3):
@@ -356,6 +378,7 @@ def test_viewer_controls_in_chromium(sample_out):
             assert abs(abs(float(np.dot(R_browser, wxyz[0]))) - 1.0) < 1e-4  # same rotation (q ~ -q)
             fov = vertical_fov(app.results.cameras.subset([2]))[0]
             assert client.camera.fov == pytest.approx(fov, abs=1e-4)
+            scene.show_optimised.value = False  # the comparison below is about the Gaussians
 
             # Through camera 2 the splats fill the view; recon's render must show the same picture.
             ok, splats = browser.pixels_until(lambda p: frac(p) > 0.5, timeout=30)

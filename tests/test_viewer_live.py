@@ -163,7 +163,8 @@ def test_recon_run_viewer_in_chromium(tmp_path):
 
             Image.fromarray(px).save(tmp_path / "live.png")
             assert ok, "the live view stayed blank"
-            assert browser.evaluate("document.body.innerText.includes('PSNR')")
+            # The loss/PSNR plot (a uPlot chart) appears once two points are in.
+            assert browser.wait_for("document.querySelector('.uplot canvas') !== null", timeout=60)
             assert browser.click_button("Stop and save")
             assert proc.wait(timeout=300) == 0, "\n".join(lines)
         reader.join(timeout=5)

@@ -72,24 +72,13 @@ class LiveViewer:
         """How many times Gaussians were sent (for tests and benchmarks: stays 0 without a browser)."""
 
         gui = self.vs.server.gui
-        with gui.add_folder("Training", order=-1):
-            self._status = gui.add_markdown("Waiting for the first training step...")
-            self._plot = gui.add_uplot(
-                data=(np.zeros(0), np.zeros(0), np.zeros(0)),
-                series=(
-                    {"label": "step"},
-                    {"label": "loss", "stroke": "#e6501e", "width": 2, "scale": "loss"},
-                    {"label": "PSNR (dB)", "stroke": "#3c6ee6", "width": 2, "scale": "psnr"},
-                ),
-                scales={"x": {"time": False}, "loss": {"auto": True}, "psnr": {"auto": True}},
-                axes=({}, {"scale": "loss", "label": "loss"}, {"scale": "psnr", "side": 1, "label": "PSNR",
-                                                              "grid": {"show": False}}),
-                aspect=1.6,
-            )
-            self._pause_btn = gui.add_button("Pause", icon="player-pause",
+        with gui.add_folder("Training", order=-1) as self._folder:
+            self._status = gui.add_markdown("Waiting for the first training step...", order=0)
+            self._pause_btn = gui.add_button("Pause", icon="player-pause", order=2,
                                              hint="Pause/resume the optimisation")
-            self._stop_btn = gui.add_button("Stop and save", icon="player-stop", color="red",
+            self._stop_btn = gui.add_button("Stop and save", icon="player-stop", color="red", order=3,
                                             hint="End training now; the run writes its outputs as usual")
+        self._plot = None  # made once there are two points (viser's uPlot does not recover from no data)
         self._pause_btn.on_click(lambda _: self.toggle_pause())
         self._stop_btn.on_click(lambda _: self.stop())
 
@@ -193,7 +182,29 @@ class LiveViewer:
     def _update_plot(self) -> int:
         with self._lock:
             data = (np.array(self._steps), np.array(self._loss), np.array(self._psnr))
-        self._plot.data = data
+        if len(data[0]) < 2:
+            return 0
+        if self._plot is not None:
+            self._plot.data = data
+            return len(data[0])
+        with self._folder:
+            self._plot = self.vs.server.gui.add_uplot(
+                data=data,
+                series=(
+                    {"label": "step"},
+                    {"label": "loss", "stroke": "#e6501e", "width": 2, "scale": "loss"},
+                    {"label": "PSNR (dB)", "stroke": "#3c6ee6", "width": 2, "scale": "psnr"},
+                ),
+                scales={"x": {"time": False, "auto": True}, "loss": {"auto": True}, "psnr": {"auto": True}},
+                # Each y axis in its series' colour (loss left, PSNR right); light strokes for the dark theme.
+                axes=(
+                    {"scale": "x", "stroke": "#aaa", "grid": {"stroke": "#333"}},
+                    {"scale": "loss", "stroke": "#e6501e", "grid": {"stroke": "#333"}},
+                    {"scale": "psnr", "side": 1, "stroke": "#3c6ee6", "grid": {"show": False}},
+                ),
+                aspect=1.6,
+                order=1,
+            )
         return len(data[0])
 
     def _update_status(self, state: TrainState) -> None:

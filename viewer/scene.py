@@ -351,6 +351,12 @@ class SceneViewer:
             with self._lock:
                 self._clients.pop(client.client_id, None)
 
+        # Build (or load) the native CPU kernels here, in the calling thread, not in the render thread: a
+        # daemon thread killed at exit in the middle of a build would leave a stale lock in the kernel
+        # cache that blocks every later build. Cheap once they are built.
+        from recon.render import native_available
+
+        native_available()
         self._thread = threading.Thread(target=self._render_loop, name="recon-viewer-render", daemon=True)
         self._thread.start()
 
