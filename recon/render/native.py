@@ -37,7 +37,16 @@ import torch
 Tensor = torch.Tensor
 
 #: The C++ sources (and the header they share) that make up the extension.
-KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels"
+def _kernel_dir() -> Path:
+    """The C++ sources: ``kernels/`` beside the package in a source checkout (editable install), else
+    the copy a wheel installs under ``<prefix>/share/recon/kernels`` (pyproject data-files)."""
+    source_tree = Path(__file__).resolve().parents[2] / "kernels"
+    if source_tree.is_dir():
+        return source_tree
+    return Path(sys.prefix) / "share" / "recon" / "kernels"
+
+
+KERNEL_DIR = _kernel_dir()
 _SOURCES = ("bindings.cpp", "projection.cpp", "rasterize.cpp")
 _HEADERS = ("raster.h",)
 
