@@ -28,6 +28,7 @@ from recon.priors.classical.prior import ClassicalConfig
 from recon.priors.factory import PriorName, dense_prior_for_cameras, make_prior
 from recon.priors.learned import LearnedConfig
 from recon.reconstruction import Reconstruction
+from recon.refine import RefineConfig, refine
 from recon.views import Views
 
 
@@ -53,6 +54,12 @@ class ReconConfig:
     classical: ClassicalConfig = field(default_factory=ClassicalConfig)
     learned: LearnedConfig = field(default_factory=LearnedConfig)
     init: InitConfig = field(default_factory=InitConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    """Refinement after training: outlier pose correction (on) and diffusion-prior refinement (off)."""
+    diffusion_model: Path | None = None
+    """Local diffusers folder (model_index.json) of an image-to-image model (img2img or a single-step
+    fixer) for diffusion-prior refinement of unseen regions; nothing is downloaded. Without it that stage
+    is skipped."""
     train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TrainConfig)
 
 
@@ -147,6 +154,20 @@ def reconstruct(
     )
     timings["train"] = time.perf_counter() - t2
 
+    rcfg = cfg.refine
+    if cfg.diffusion_model is not None:
+        diffusion = dataclasses.replace(rcfg.diffusion, model=cfg.diffusion_model)
+        rcfg = dataclasses.replace(rcfg, diffusion=diffusion)
+    if cfg.poses == "dataset":  # dataset poses define the held-out views' frame: never move them
+        rcfg = dataclasses.replace(rcfg, poses=dataclasses.replace(rcfg.poses, enabled=False))
+    t3 = time.perf_counter()
+    refined = refine(
+        result.gaussians, result.cameras, train_views.images.to(device), rcfg, train_cfg,
+        prior=prior, init_cfg=cfg.init, extent=result.scene_extent, progress=progress, callback=callback,
+    )
+    result = dataclasses.replace(result, gaussians=refined.gaussians, cameras=refined.cameras)
+    timings["refine"] = time.perf_counter() - t3
+
     with torch.no_grad():
         renders = render_images(result.gaussians, result.cameras, cfg.train.background)
     train_scores = score_views(renders.cpu(), train_views.images, train_views.names)
@@ -155,6 +176,7 @@ def reconstruct(
         "views": {"total": len(views), "registered": len(prior.cameras), "failed": prior.failed},
         "num_gaussians": len(result.gaussians),
         "init": init_stats,
+        "refine": refined.metrics,
         "prior": prior.info,
         "timings": timings,
     }
@@ -203,12 +225,16 @@ def run(
     out: Path,
     cfg: ReconConfig | None = None,
     *,
+    test_views: Views | None = None,
     resume: bool = False,
     callback: Callable[[TrainState], None] | None = None,
     progress: bool = True,
 ) -> Reconstruction:
     """Load ``path`` (an image folder or dataset, or ready ``Views``), reconstruct, evaluate held-out views,
-    and write every output into ``out``. With ``resume`` a cached prior and trainer checkpoint are reused."""
+    and write every output into ``out``. With ``resume`` a cached prior and trainer checkpoint are reused.
+
+    Held-out views are every ``cfg.test_every``-th input view, or ``test_views`` when given (they need
+    reference cameras in the same frame as the training views' references)."""
     from recon.io.datasets import load_views
     from recon.io.export import write_outputs
     from recon.io.prior_cache import load_prior, save_prior
@@ -216,7 +242,10 @@ def run(
     cfg = cfg or ReconConfig()
     t0 = time.perf_counter()
     views = path if isinstance(path, Views) else load_views(Path(path), max_side=cfg.max_side)
-    train_views, test_views = split_views(views, cfg.test_every)
+    if test_views is None:
+        train_views, test_views = split_views(views, cfg.test_every)
+    else:
+        train_views = views
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache" / "prior.safetensors"
