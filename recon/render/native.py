@@ -28,6 +28,7 @@ import os
 import platform
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -117,6 +118,21 @@ def _load_built(name: str, build_dir: Path) -> ModuleType | None:
     return mod
 
 
+STALE_LOCK_SECONDS = 600.0
+
+
+def _remove_stale_lock(lock: Path) -> None:
+    """torch's build lock is a plain file that another process waits on forever; one left behind by a
+    build that was killed would hang every later process. No build takes 10 minutes, so an older lock is
+    stale."""
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+            lock.unlink()
+            print(f"recon: removed a stale kernel build lock ({lock})", file=sys.stderr)
+    except FileNotFoundError:
+        pass
+
+
 def _build() -> ModuleType:
     from torch.utils import cpp_extension
 
@@ -131,6 +147,7 @@ def _build() -> ModuleType:
     if mod is not None:
         return mod
     build_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_lock(build_dir / "lock")
     print("recon: compiling CPU rasteriser kernels (first run only, ~1 min)...", file=sys.stderr, flush=True)
     # ninja comes from PyPI: make sure its script folder (and the interpreter's) is on PATH for torch.
     path_dirs = [os.path.dirname(sys.executable)]
