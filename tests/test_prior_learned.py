@@ -262,7 +262,12 @@ def test_square_views_are_cropped_to_4_3_and_mapped_back():
         uv, z = project(res.pointmaps[v].reshape(-1, 3), res.cameras.K[v], res.cameras.w2c[v])
         ok = res.conf[v].reshape(-1) > 0
         assert (z[ok] > 0).all()
-        assert torch.allclose(uv[ok], pixel_centers(32, 32).reshape(-1, 2)[ok] * 1.5, atol=1e-3)
+        # random weights put some points at depth ~1e-4, where float32 rounding of a world point of size
+        # |X| moves its projection by about f |X| eps / z: allow that on top of 1e-3 px
+        X = res.pointmaps[v].reshape(-1, 3)[ok]
+        tol = 1e-3 + res.cameras.K[v, 0, 0] * X.norm(dim=-1) * 1e-6 / z[ok]
+        err = (uv[ok] - pixel_centers(32, 32).reshape(-1, 2)[ok] * 1.5).norm(dim=-1)
+        assert (err <= tol).all(), float((err / tol).max())
 
 
 # --------------------------------------------------------------------------------------------------
