@@ -212,8 +212,8 @@ def rotmat_to_quat(R: Tensor) -> Tensor:
                          m[..., 0, 2] + m[..., 2, 0]], -1),
             torch.stack([m[..., 0, 2] - m[..., 2, 0], m[..., 0, 1] + m[..., 1, 0], 1 - m00 + m11 - m22,
                          m[..., 1, 2] + m[..., 2, 1]], -1),
-            torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0], m[..., 1, 2] + m[..., 2, 1],
-                         1 - m00 - m11 + m22], -1),
+            torch.stack([m[..., 1, 0] - m[..., 0, 1], m[..., 0, 2] + m[..., 2, 0],
+                         m[..., 1, 2] + m[..., 2, 1], 1 - m00 - m11 + m22], -1),
         ],
         -2,
     )  # (..., 4 branches, 4)
@@ -409,10 +409,12 @@ class Cameras:
         """Cameras at integer indices or names ``idx`` (a list), in that order."""
         ids = [self.names.index(i) if isinstance(i, str) else int(i) for i in idx]
         t = torch.as_tensor(ids, dtype=torch.long)
-        return Cameras(self.K[t].clone(), self.w2c[t].clone(), self.sizes[t].clone(), [self.names[i] for i in ids])
+        names = [self.names[i] for i in ids]
+        return Cameras(self.K[t].clone(), self.w2c[t].clone(), self.sizes[t].clone(), names)
 
     def with_w2c(self, w2c: Tensor) -> Cameras:
-        return Cameras(self.K.clone(), w2c.detach().clone().to(self.K.dtype), self.sizes.clone(), list(self.names))
+        w2c = w2c.detach().clone().to(self.K.dtype)
+        return Cameras(self.K.clone(), w2c, self.sizes.clone(), list(self.names))
 
     def clone(self) -> Cameras:
         return self.with_w2c(self.w2c)

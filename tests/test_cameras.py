@@ -53,7 +53,8 @@ def test_quaternion_matches_scipy_wxyz():
 def test_quat_multiply_composes_rotations():
     a = quat_xyzw_to_wxyz(torch.tensor(Rotation.random(10, random_state=2).as_quat()))
     b = quat_xyzw_to_wxyz(torch.tensor(Rotation.random(10, random_state=3).as_quat()))
-    assert torch.allclose(quat_to_rotmat(quat_multiply(a, b)), quat_to_rotmat(a) @ quat_to_rotmat(b), atol=1e-12)
+    ab = quat_to_rotmat(a) @ quat_to_rotmat(b)
+    assert torch.allclose(quat_to_rotmat(quat_multiply(a, b)), ab, atol=1e-12)
 
 
 @pytest.mark.parametrize("scale", [1e-9, 1e-3, 0.5, 3.0])
@@ -138,11 +139,12 @@ def test_sim3_transform_w2c_keeps_projections():
 
 
 def test_look_at_and_angle():
-    w2c = look_at_w2c(torch.tensor([0.0, -3.0, 0.0], dtype=torch.float64), torch.zeros(3, dtype=torch.float64))
+    f64 = torch.float64
+    w2c = look_at_w2c(torch.tensor([0.0, -3.0, 0.0], dtype=f64), torch.zeros(3, dtype=f64))
     uv, z = project(torch.zeros(1, 3, dtype=torch.float64), intrinsics(1, 1, 0, 0, torch.float64), w2c)
     assert torch.allclose(uv, torch.zeros(1, 2, dtype=torch.float64)) and float(z) == pytest.approx(3.0)
     # world up (+z) appears upwards in the image (negative y)
-    uv_up, _ = project(torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64), intrinsics(1, 1, 0, 0, torch.float64), w2c)
+    uv_up, _ = project(torch.tensor([[0.0, 0.0, 1.0]], dtype=f64), intrinsics(1, 1, 0, 0, f64), w2c)
     assert uv_up[0, 1] < 0
     R1 = so3_exp(torch.tensor([0.0, 0.0, math.radians(30)], dtype=torch.float64))
     assert float(rotation_angle_deg(R1, torch.eye(3, dtype=torch.float64))) == pytest.approx(30.0)
@@ -151,7 +153,8 @@ def test_look_at_and_angle():
 def test_rot6d_identity_and_orthonormal():
     d6 = torch.randn(10, 6, dtype=torch.float64)
     R = rot6d_to_rotmat(d6)
-    assert torch.allclose(R @ R.transpose(1, 2), torch.eye(3, dtype=torch.float64).expand(10, 3, 3), atol=1e-12)
+    eye = torch.eye(3, dtype=torch.float64).expand(10, 3, 3)
+    assert torch.allclose(R @ R.transpose(1, 2), eye, atol=1e-12)
     assert torch.allclose(torch.det(R), torch.ones(10, dtype=torch.float64))
     assert torch.allclose(rot6d_to_rotmat(torch.tensor([1.0, 0, 0, 0, 1, 0])), torch.eye(3))
 
@@ -159,6 +162,7 @@ def test_rot6d_identity_and_orthonormal():
 def test_cameras_validation_and_subset():
     with pytest.raises(ValueError):
         Cameras(torch.eye(3)[None], torch.eye(4).repeat(2, 1, 1), torch.tensor([[4, 4]]))
-    cams = Cameras(torch.eye(3).repeat(3, 1, 1), random_w2c(3).float(), torch.tensor([[4, 3]] * 3), ["a", "b", "c"])
+    sizes = torch.tensor([[4, 3]] * 3)
+    cams = Cameras(torch.eye(3).repeat(3, 1, 1), random_w2c(3).float(), sizes, ["a", "b", "c"])
     sub = cams.subset(["c", "a"])
     assert sub.names == ["c", "a"] and torch.equal(sub.w2c[0], cams.w2c[2])

@@ -49,7 +49,8 @@ class Gaussians:
         expect = {"means": (n, 3), "quats": (n, 4), "log_scales": (n, 3), "opacity_logits": (n,)}
         for name, shape in expect.items():
             if tuple(getattr(self, name).shape) != shape:
-                raise ValueError(f"Gaussians.{name} has shape {tuple(getattr(self, name).shape)}, want {shape}")
+                got = tuple(getattr(self, name).shape)
+                raise ValueError(f"Gaussians.{name} has shape {got}, want {shape}")
         if self.sh0.shape != (n, 1, 3) or self.shN.dim() != 3 or self.shN.shape[0] != n:
             raise ValueError(f"bad SH shapes sh0 {tuple(self.sh0.shape)} shN {tuple(self.shN.shape)}")
         k = self.shN.shape[1] + 1
@@ -104,4 +105,4 @@ class Gaussians:
 
     @staticmethod
     def cat(items: list[Gaussians]) -> Gaussians:
-        return Gaussians(**{f.name: torch.cat([getattr(g, f.name) for g in items]) for f in fields(Gaussians)})
+        return Gaussians(**{f.name: torch.cat([getattr(g, f.name) for g in items]) for f in fields(Gaussians)})  # noqa: E501
