@@ -32,6 +32,7 @@ from typing import Literal
 
 import torch
 import tyro
+from procmem import mem_kib, reset_peak
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
@@ -72,26 +73,6 @@ class BenchConfig:
     """Print one JSON object instead of a table."""
 
 
-def _mem_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def measure(kind: str, checkpoint: str, n_views: int, cfg: BenchConfig) -> dict:
     """Child process: build the views, then run the prior once; returns its info and the stage's memory."""
     torch.set_num_threads(cfg.threads)
@@ -108,10 +89,10 @@ def measure(kind: str, checkpoint: str, n_views: int, cfg: BenchConfig) -> dict:
     )
     prior = LearnedPrior(kind, checkpoint, lcfg, cfg.device)
     gc.collect()
-    base = _mem_kib("VmRSS")
-    have_peak = _reset_peak()
+    base = mem_kib("VmRSS")
+    have_peak = reset_peak()
     res = prior(views)
-    peak = _mem_kib("VmHWM") if have_peak else None
+    peak = mem_kib("VmHWM") if have_peak else None
     info = dict(res.info)
     info["stage_peak_rss_mib"] = None if peak is None or base is None else round((peak - base) / 1024, 1)
     info["finite"] = bool(torch.isfinite(res.pointmaps).all() and torch.isfinite(res.cameras.K).all())

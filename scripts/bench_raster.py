@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 import tyro
+from procmem import mem_kib, reset_peak
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -95,26 +96,6 @@ def build_case(case: Case, n_views: int) -> dict[str, torch.Tensor]:
     }
 
 
-def _mem_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def measure(case_file: str, backend: str, iters: int, threads: int) -> dict:
     """Child process: warm up, then time ``iters`` forward+backward passes; peak RSS above the baseline."""
     torch.set_num_threads(threads)
@@ -142,8 +123,8 @@ def measure(case_file: str, backend: str, iters: int, threads: int) -> dict:
     tiny = [d[k][:16] if k in names[:5] else d[k] for k in (*names, "K")]
     rasterize(*tiny, 32, 32, backend=backend).rgb.sum()
     gc.collect()
-    base = _mem_kib("VmRSS")
-    have_peak = _reset_peak()
+    base = mem_kib("VmRSS")
+    have_peak = reset_peak()
     loss = step()  # warm-up (counts for peak memory, not for time)
     times, cpu = [], []
     for _ in range(iters):
@@ -151,7 +132,7 @@ def measure(case_file: str, backend: str, iters: int, threads: int) -> dict:
         step()
         times.append((time.perf_counter() - t0) * 1e3)
         cpu.append((time.process_time() - c0) * 1e3)
-    peak = _mem_kib("VmHWM") if have_peak else None
+    peak = mem_kib("VmHWM") if have_peak else None
     return {
         "ms": statistics.median(times),
         "cpu_ms": statistics.median(cpu),

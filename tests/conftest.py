@@ -37,3 +37,14 @@ def shared_fixture(*parts: str) -> Path:
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test on one CPU thread: the native rasteriser's multi-threaded backward sums in a varying
+    order (bitwise-reproducible training needs one thread), and on a small shared CPU one thread is also
+    much faster than oversubscribed OpenMP. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -12,14 +12,7 @@ from recon.optim.pose import fit_poses
 from recon.optim.trainer import TrainConfig, train
 from recon.synthetic import SceneConfig, make_scene, novel_cameras, perturb_cameras
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # One thread: deterministic native backward, and much faster than oversubscribed OpenMP on a small CPU.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

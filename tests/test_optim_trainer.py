@@ -20,15 +20,7 @@ from recon.optim.trainer import TrainConfig, TrainState, render_images, train
 from recon.render import render_gaussians
 from recon.synthetic import SceneConfig, make_scene, perturb_cameras
 
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # The native rasteriser's multi-threaded backward sums in a varying order (bitwise resume needs one
-    # thread), and on a small shared CPU one thread is also much faster than oversubscribed OpenMP.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

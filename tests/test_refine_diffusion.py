@@ -20,12 +20,7 @@ from recon.synthetic import SceneConfig, make_scene, novel_cameras
 TRAIN = TrainConfig(iters=300, sh_degree=0, optimize_poses=False)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

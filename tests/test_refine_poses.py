@@ -21,12 +21,7 @@ TRAIN = TrainConfig(iters=250, sh_degree=0)
 INIT = InitConfig(max_gaussians=3000)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # faster than oversubscribed threads on a small shared CPU
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
