@@ -193,6 +193,7 @@ def reconstruct(
         views=train_views,
         prior=prior,
         metrics=metrics,
+        refine_before={k: (g.detach().to("cpu"), c.to("cpu")) for k, (g, c) in refined.before.items()},
     )
 
 

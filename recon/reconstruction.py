@@ -19,6 +19,8 @@ class Reconstruction:
     views: the training views (images) the reconstruction was fitted to.
     prior: the geometry prior's output, when one ran.
     metrics: numbers for metrics.json (train/test PSNR and SSIM, seconds, stage diagnostics).
+    refine_before: the (Gaussians, cameras) before each refinement stage that ran ("poses",
+        "diffusion"), so that each stage's effect can be measured (``recon eval --refine-effect``).
     """
 
     cameras: Cameras
@@ -27,3 +29,4 @@ class Reconstruction:
     views: Views
     prior: PriorResult | None = None
     metrics: dict = field(default_factory=dict)
+    refine_before: dict[str, tuple[Gaussians, Cameras]] = field(default_factory=dict)

@@ -26,6 +26,7 @@ from recon.io.atomic import atomic_write_json, atomic_write_text
 from recon.io.datasets import load_views
 from recon.io.export import to_jsonable, write_outputs
 from recon.pipeline import ReconConfig, evaluate_held_out, reconstruct
+from recon.reconstruction import Reconstruction
 from recon.views import Views
 
 NUMERIC_KEYS = ["registered", "psnr", "ssim", "ate", "rre_deg", "rte_deg", "seconds"]
@@ -43,6 +44,9 @@ class EvalConfig(ReconConfig):
     """JSON file with {"train": [...], "test": [...]} image names, overriding the protocol."""
     ray: bool = False
     """Run scenes in parallel with Ray (the 'dist' extra); otherwise one after another."""
+    refine_effect: bool = False
+    """Also score each scene as it was before each refinement stage that ran (pose correction; diffusion
+    with --diffusion-model), i.e. the run without that stage, and report the differences."""
 
 
 def _strip_poses(views: Views) -> Views:
@@ -61,16 +65,9 @@ def evaluate_scene(scene: Path, out: Path, cfg: EvalConfig) -> dict:
         train, test = views.subset(split.train), views.subset(split.test)
         rcfg = dataclasses.replace(cfg, poses="prior", test_every=0)
         recon = reconstruct(_strip_poses(train), rcfg, progress=False)
-        placed = recon.cameras.names
-        est = torch.eye(4).repeat(len(train), 1, 1)
-        mask = torch.zeros(len(train), dtype=torch.bool)
-        for i, name in enumerate(train.names):
-            if name in placed:
-                est[i] = recon.cameras.w2c[placed.index(name)]
-                mask[i] = True
-        poses = pose_metrics(est, train.cameras.w2c, mask)
+        poses, test_metrics, test_renders = _score(recon, train, test, rcfg)
         row.update(
-            registered=int(mask.sum()),
+            registered=poses["n_registered"],
             failed=recon.prior.failed if recon.prior else {},
             ate=poses["ate_frac"],
             ate_abs=poses["ate"],
@@ -79,11 +76,13 @@ def evaluate_scene(scene: Path, out: Path, cfg: EvalConfig) -> dict:
             auc=poses["auc"],
             protocol=split.protocol,
             train=split.train,
+            psnr=test_metrics["psnr"],
+            ssim=test_metrics["ssim"],
         )
-        test_metrics, test_renders = evaluate_held_out(recon, test, rcfg, train.cameras.subset(placed))
-        row.update(psnr=test_metrics["psnr"], ssim=test_metrics["ssim"])
         recon.metrics["test"] = test_metrics
         recon.metrics["poses"] = poses
+        if cfg.refine_effect:
+            row["refine_effect"] = _refine_effect(recon, row, train, test, rcfg)
         write_outputs(recon, out / scene.name, config=rcfg,
                       renders={"test": (test.names, test_renders, test.images)})
     except ReconError as e:
@@ -93,6 +92,58 @@ def evaluate_scene(scene: Path, out: Path, cfg: EvalConfig) -> dict:
                    auc={"5": 0.0, "15": 0.0, "30": 0.0}, traceback=traceback.format_exc())
     row["seconds"] = time.perf_counter() - t0
     return row
+
+
+def _score(
+    recon: Reconstruction, train: Views, test: Views, cfg: ReconConfig
+) -> tuple[dict, dict, torch.Tensor]:
+    """Pose metrics of ``recon``'s training cameras against ``train``'s reference poses (unplaced views
+    count as 180-degree errors) and held-out scores on ``test``; returns (poses, test metrics, renders)."""
+    placed = recon.cameras.names
+    est = torch.eye(4).repeat(len(train), 1, 1)
+    mask = torch.zeros(len(train), dtype=torch.bool)
+    for i, name in enumerate(train.names):
+        if name in placed:
+            est[i] = recon.cameras.w2c[placed.index(name)]
+            mask[i] = True
+    poses = pose_metrics(est, train.cameras.w2c, mask)
+    test_metrics, test_renders = evaluate_held_out(recon, test, cfg, train.cameras.subset(placed))
+    return poses, test_metrics, test_renders
+
+
+def _refine_effect(recon: Reconstruction, row: dict, train: Views, test: Views, cfg: ReconConfig) -> dict:
+    """Per refinement stage that ran: the scores without it (the scene before it) and with it (the state
+    after it), so each stage's own contribution shows. A stage that changed nothing is not re-scored."""
+    keys = ("psnr", "ssim", "rre_deg", "rte_deg")
+    stages = list(recon.refine_before)
+    states = [recon.refine_before[s] for s in stages] + [(recon.gaussians, recon.cameras)]
+    scores: list[dict] = [{}] * len(states)
+    scores[-1] = {k: row[k] for k in keys}
+    for n in range(len(stages) - 1, -1, -1):
+        (g, cams), (g_next, cams_next) = states[n], states[n + 1]
+        if g.means.shape == g_next.means.shape and torch.equal(g.means, g_next.means) and torch.equal(
+            cams.w2c, cams_next.w2c
+        ):
+            scores[n] = scores[n + 1]
+            continue
+        poses, tm, _ = _score(dataclasses.replace(recon, gaussians=g, cameras=cams), train, test, cfg)
+        scores[n] = {"psnr": tm["psnr"], "ssim": tm["ssim"], "rre_deg": poses["rre_deg"],
+                     "rte_deg": poses["rte_deg"]}
+    effect: dict = {}
+    for n, stage in enumerate(stages):
+        without, with_ = scores[n], scores[n + 1]
+        effect[stage] = {
+            "changed": without is not with_,
+            "without": without,
+            "with": with_,
+            "delta": {k: with_[k] - without[k] for k in keys
+                      if isinstance(with_[k], float) and isinstance(without[k], float)},
+        }
+    refine_metrics = recon.metrics.get("refine", {})
+    for stage in ("poses", "diffusion"):
+        if stage not in effect:
+            effect[stage] = {"skipped": (refine_metrics.get(stage) or {}).get("skipped", "did not run")}
+    return effect
 
 
 def mean_row(rows: list[dict]) -> dict:
@@ -122,6 +173,26 @@ def results_markdown(rows: list[dict], mean: dict) -> str:
             f"| {f(auc.get('5'), 3)} | {f(auc.get('15'), 3)} | {f(auc.get('30'), 3)} "
             f"| {f(r.get('seconds'), 0)} | {note} |"
         )
+    effect_rows = [r for r in rows if r.get("refine_effect")]
+    if effect_rows:
+        lines += [
+            "",
+            "Refinement stages, each with and without (the scene before the stage):",
+            "",
+            "| scene | stage | PSNR without | PSNR with | dPSNR | RRE without | RRE with | note |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for r in effect_rows:
+            for stage, e in r["refine_effect"].items():
+                if "skipped" in e:
+                    lines.append(f"| {r['scene']} | {stage} | | | | | | skipped: {e['skipped']} |")
+                    continue
+                wo, w = e["without"], e["with"]
+                note = "" if e["changed"] else "changed nothing"
+                lines.append(
+                    f"| {r['scene']} | {stage} | {f(wo['psnr'])} | {f(w['psnr'])} "
+                    f"| {f(e['delta'].get('psnr'))} | {f(wo['rre_deg'])} | {f(w['rre_deg'])} | {note} |"
+                )
     return "\n".join(lines) + "\n"
 
 

@@ -42,6 +42,9 @@ class RefineResult:
     cameras: Cameras
     metrics: dict
     seconds: float
+    before: dict[str, tuple[Gaussians, Cameras]] = field(default_factory=dict)
+    """The scene as it was before each stage that ran: ``"poses"`` (the trained input) and ``"diffusion"``
+    (after pose correction). Comparing it with the next state measures that stage's effect."""
 
 
 def reposition_prior(prior: PriorResult, cameras: Cameras) -> PriorResult:
@@ -118,7 +121,9 @@ def refine(
     images = images.to(device, torch.float32)
     ext = float(extent) if extent else scene_extent(cameras, gaussians.means)
     metrics: dict = {}
+    before: dict[str, tuple[Gaussians, Cameras]] = {}
     if cfg.poses.enabled:
+        before["poses"] = (gaussians, cameras)
         bg = background_tensor(train_cfg.background, device)
         tp = time.perf_counter()
         new_cams, pm = correct_outliers(gaussians, cameras, images, cfg.poses, ext, bg)
@@ -146,8 +151,10 @@ def refine(
             prior.cameras.names) else None
         if order is not None:
             depths = prior_depths(prior, int(images.shape[1]), int(images.shape[2]))[order]
+    if cfg.diffusion.model is not None or enhancer is not None:
+        before["diffusion"] = (gaussians, cameras)
     gaussians, metrics["diffusion"] = run_diffusion_stage(
         gaussians, cameras, images, cfg.diffusion, train_cfg, extent=ext, depths=depths, enhancer=enhancer,
         log=log,
     )
-    return RefineResult(gaussians, cameras, metrics, time.perf_counter() - t0)
+    return RefineResult(gaussians, cameras, metrics, time.perf_counter() - t0, before)
