@@ -73,11 +73,11 @@ def test_joint_optimisation_corrects_perturbed_poses(scene, init_gaussians):
     ref, imgs = scene.views.cameras, scene.views.images
     start = perturb_cameras(ref, 3.0, 0.05 * scene.extent, seed=1)
     before = pose_metrics(start.w2c, ref.w2c)
-    cfg = TrainConfig(iters=200, sh_degree=0, batch_size=6)  # default pose learning rates
+    cfg = TrainConfig(iters=1000, sh_degree=0, batch_size=6)  # the pipeline's default steps and pose rates
     res = train(init_gaussians, start, imgs, cfg, progress=False)
     after = pose_metrics(res.cameras.w2c, ref.w2c)
     raw = rotation_angle_deg(res.cameras.w2c[:, :3, :3], ref.w2c[:, :3, :3])
-    # Measured: rot_err 3.0 -> ~0.12 deg, RRE 4.5 -> ~0.18 deg, ATE 0.24 -> ~0.01.
+    # Measured: rot_err 3.0 -> ~0.13 deg, RRE 4.5 -> ~0.20 deg, ATE 0.24 -> ~0.005.
     assert before["rot_err_deg"] > 2.0 and before["rre_deg"] > 3.0
     assert after["rot_err_deg"] < 0.5
     assert after["rre_deg"] < 0.5
