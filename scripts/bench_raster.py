@@ -103,7 +103,7 @@ def measure(case_file: str, backend: str, iters: int, threads: int) -> dict:
 
     if backend == "native" and not native.available():
         return {"error": "native kernels unavailable"}
-    d = torch.load(case_file)
+    d = torch.load(case_file, weights_only=True)
     H, W = d["target"].shape[1:3]
     names = ("means", "quats", "scales", "opacities", "colors", "w2c")
     leaves = {k: d[k].clone().requires_grad_(True) for k in names}
