@@ -29,12 +29,8 @@ LINEAR_MODEL = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one thread: the official outputs were made with one; it is also faster for these tiny models
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture

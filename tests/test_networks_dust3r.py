@@ -32,14 +32,8 @@ FIXTURES = {"dust3r_linear": "dust3r", "dust3r_dpt": "dust3r", "mast3r_catmlp_dp
 RTOL, ATOL = 1e-4, 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The official outputs were made with one CPU thread; one thread is also much faster on a busy
-    machine for these tiny models."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one thread: the official outputs were made with one; it is also faster for these tiny models
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _load(name: str):

@@ -57,13 +57,8 @@ OUTPUT_KEYS = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The official outputs were made with one CPU thread; one thread is also faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# one thread: the official outputs were made with one; it is also faster for these tiny models
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import pytest
 import torch
 
 pytest.importorskip("viser")
+
+from proclines import ProcessLines  # noqa: E402
 
 from recon.cameras import look_at_w2c  # noqa: E402
 from recon.errors import ReconError  # noqa: E402
@@ -254,27 +255,6 @@ needs_chromium = pytest.mark.skipif(
 )
 
 
-def _read_lines(proc: subprocess.Popen, lines: list[str]) -> threading.Thread:
-    def pump() -> None:
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-
-    t = threading.Thread(target=pump, daemon=True)
-    t.start()
-    return t
-
-
-def _wait_line(lines: list[str], pattern: str, timeout: float) -> re.Match | None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for line in list(lines):
-            m = re.search(pattern, line)
-            if m:
-                return m
-        time.sleep(0.1)
-    return None
-
-
 @needs_chromium
 def test_recon_view_shows_the_scene_in_chromium(sample_out, tmp_path):
     """`recon view OUT` serves a page that connects and draws the scene; Ctrl-C stops it cleanly."""
@@ -283,15 +263,15 @@ def test_recon_view_shows_the_scene_in_chromium(sample_out, tmp_path):
         [sys.executable, "-m", "recon.cli", "view", str(sample_out), "--port", "0"], cwd=REPO, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
-    lines: list[str] = []
-    pump = _read_lines(proc, lines)
+    log = ProcessLines(proc)
+    lines = log.lines
     try:
-        m = _wait_line(lines, r"recon: viewer at (http://127\.0\.0\.1:\d+)", timeout=120)
+        m = log.wait(r"recon: viewer at (http://127\.0\.0\.1:\d+)", timeout=120)
         assert m, f"no URL printed: {lines}"
         url = m.group(1)
         with HeadlessBrowser(*WINDOW) as browser:
             browser.navigate(url)
-            assert _wait_line(lines, r"browser connected", timeout=60), f"server saw no client: {lines}"
+            assert log.wait(r"browser connected", timeout=60), f"server saw no client: {lines}"
             ok, px = browser.pixels_until(
                 lambda p: foreground_fraction(scene_region(p), CANVAS_RGB) > 0.10, timeout=60
             )
@@ -302,7 +282,7 @@ def test_recon_view_shows_the_scene_in_chromium(sample_out, tmp_path):
             assert ok, f"the 3D canvas stayed blank: {frac:.3f} of the scene area is not background"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-        pump.join(timeout=5)
+        log.thread.join(timeout=5)
         assert any("viewer stopped" in line for line in lines)
         assert not any("Traceback" in line for line in lines), "\n".join(lines)
     finally:

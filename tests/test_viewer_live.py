@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,6 +14,8 @@ import pytest
 import torch
 
 pytest.importorskip("viser")
+
+from proclines import ProcessLines  # noqa: E402
 
 from recon.cameras import Cameras, intrinsics, look_at_w2c  # noqa: E402
 from recon.gaussians.model import Gaussians  # noqa: E402
@@ -123,33 +123,14 @@ def test_recon_run_viewer_in_chromium(tmp_path):
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,
     )
-    lines: list[str] = []
-
-    def pump() -> None:
-        for line in proc.stdout:
-            lines.append(line.rstrip("\n"))
-
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-
-    def wait_line(pattern: str, timeout: float):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in list(lines):
-                m = re.search(pattern, line)
-                if m:
-                    return m
-            if proc.poll() is not None:
-                return None
-            time.sleep(0.1)
-        return None
-
+    log = ProcessLines(proc)
+    lines = log.lines
     try:
-        m = wait_line(r"recon: viewer at (http://127\.0\.0\.1:\d+)", timeout=120)
+        m = log.wait(r"recon: viewer at (http://127\.0\.0\.1:\d+)", timeout=120)
         assert m, f"no URL printed: {lines}"
         with HeadlessBrowser(*WINDOW) as browser:
             browser.navigate(m.group(1))
-            assert wait_line(r"browser connected", timeout=60), f"server saw no client: {lines}"
+            assert log.wait(r"browser connected", timeout=60), f"server saw no client: {lines}"
             # Training has started once the status line shows a step (the prior runs first).
             assert browser.wait_for("document.body.innerText.includes('Step ')", timeout=240), lines
 
@@ -167,7 +148,7 @@ def test_recon_run_viewer_in_chromium(tmp_path):
             assert browser.wait_for("document.querySelector('.uplot canvas') !== null", timeout=60)
             assert browser.click_button("Stop and save")
             assert proc.wait(timeout=300) == 0, "\n".join(lines)
-        reader.join(timeout=5)
+        log.thread.join(timeout=5)
         assert (out / "point_cloud.ply").is_file() and (out / "cameras.json").is_file()
         assert not any("Traceback" in line for line in lines), "\n".join(lines)
     finally:
