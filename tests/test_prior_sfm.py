@@ -254,6 +254,51 @@ def test_matching_is_mutual_and_ratio_tested_with_duplicate_keypoints():
     assert len(got) >= n - 20 - 5
 
 
+def test_guided_matching_resolves_repeated_texture_along_epipolar_lines():
+    """Repeated texture (windows, bricks): every feature has a look-alike elsewhere, so unguided matching
+    rejects all of them by the ratio test. With the epipolar geometry (rectified pair: x_b^T F x_a = 0
+    means y_b = y_a) the look-alikes on other rows are never compared, and the true matches are found."""
+    from recon.priors.classical.features import epipolar_mask
+
+    rng = np.random.default_rng(7)
+    n = 200
+    da = root_sift(rng.uniform(0, 1, (n, 128)))
+    xy_a = np.c_[rng.uniform(50, 450, n), rng.permutation(np.linspace(10, 490, n))]  # distinct rows
+    xy_b = xy_a + [-20.0, 0.0]  # disparity 20 px
+    db = root_sift(np.square(da) + rng.uniform(0, 2e-3, (n, 128)))
+    twin_xy = np.c_[xy_b[:, 0], (xy_b[:, 1] + 120.0) % 500]  # the same texture on another row
+    twin = db.copy()  # exactly repeated texture
+    a = _features(xy_a, da)
+    b = _features(np.concatenate([xy_b, twin_xy]), np.concatenate([db, twin]))
+    F = np.array([[0.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # x_b^T F x_a = y_a - y_b
+    mask = epipolar_mask(F, xy_a[:3], b.xy, 1.0).numpy()
+    np.testing.assert_array_equal(mask, np.abs(xy_a[:3, 1:2] - b.xy[None, :, 1]) <= 1.0)
+
+    assert len(match_descriptors(a, b, ratio=0.85)) == 0
+    m = match_descriptors(a, b, ratio=0.85, F=F, max_epipolar_px=2.0)
+    assert len(m) >= 0.95 * n
+    np.testing.assert_array_equal(m[:, 1], m[:, 0])  # feature k of a is feature k of b, never its twin
+
+
+def test_fundamental_from_poses_satisfies_the_epipolar_constraint():
+    from recon.priors.classical.twoview import fundamental_from_poses
+
+    rng = np.random.default_rng(3)
+    K = np.array([[500.0, 0, 320], [0, 500, 240], [0, 0, 1]])
+    w2c = [np.eye(4), np.eye(4)]
+    for T in w2c:
+        T[:3, :3] = rodrigues(rng.normal(0, 0.2, (1, 3)))[0]
+        T[:3, 3] = rng.normal(0, 0.3, 3)
+    X = rng.uniform(-1, 1, (50, 3)) + [0, 0, 5]
+    x = [project_points(np.stack(w2c), 500.0, K[:2, 2], X, np.full(50, c))[0] for c in (0, 1)]
+    F = fundamental_from_poses(K, w2c[0], w2c[1])
+    l_b = np.c_[x[0], np.ones(50)] @ F.T
+    dist = np.abs((l_b * np.c_[x[1], np.ones(50)]).sum(1)) / np.linalg.norm(l_b[:, :2], axis=1)
+    assert dist.max() < 1e-9
+    x_off = x[1] + rng.normal(0, 3.0, x[1].shape)  # points off their epipolar lines are measured as such
+    assert np.median(np.abs((l_b * np.c_[x_off, np.ones(50)]).sum(1)) / np.linalg.norm(l_b[:, :2], axis=1)) > 0.5
+
+
 def test_pair_graph_is_exhaustive_for_few_views_and_finds_loop_closures_for_many():
     from recon.priors.classical.features import pair_graph
 
@@ -429,10 +474,18 @@ def test_dtu_scan24_three_views():
     ev, res, views, _ = _run_real("dtu_scan24_monosdf", None)
     assert ev["placed"] == 3
     assert ev["abs_rot"].mean() < 2.0
-    # The project target is a mean relative rotation error < 2 deg; measured 2.3 deg. At this 23 deg field
-    # of view the focal is barely observable from 3 views (estimated 7% short), which costs ~1.5 deg; with
-    # the reference focal the same views give < 1.2 deg. This bound guards the current level.
-    assert ev["rre"].mean() < 2.5
+    # At this 23 deg field of view the focal is barely observable from the 217 points of unguided matching
+    # (estimated 7% short, mean RRE 2.3 deg); guided matching closes the 22-28 loop and brings it within
+    # 3% (measured RRE 0.99 deg, focal 901 px against 925.5).
+    assert ev["rre"].mean() < 2.0
+    assert ev["focal_err"] < 0.05
+    # wrong guided matches on the repeated windows triangulate without error but at depths where the
+    # building is not; they are dropped so the dense stage's depth range stays tight (far/near 4.4
+    # without that check, 2.3 before guided matching, 2.9 now)
+    from recon.priors.classical.prior import depth_ranges
+
+    rng = depth_ranges(res.cameras, torch.as_tensor(res.points3d, dtype=torch.float32))
+    assert (rng[:, 1] / rng[:, 0]).max() < 3.2
 
 
 @pytest.mark.slow

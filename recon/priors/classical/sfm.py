@@ -7,7 +7,8 @@ geometry, otherwise the middle of the focal range that does) -> MAGSAC++ essenti
 tracks -> a robust initial pair -> PnP registration of the other views (or, with too few 3D points,
 placement from the view's essential matrix with a placed view plus a scale from the shared points),
 triangulation with angle and reprojection checks, and bundle adjustment after every step, refining the
-focal from three views on.
+focal from three views on -> guided matching of every pair of placed views along the epipolar lines of
+the current cameras, re-triangulation and bundle adjustment on the denser, loop-closing tracks.
 
 Everything is float64 numpy internally; the result carries project ``Cameras`` (float32 torch).
 Never reads ``views.cameras``: reference cameras are for evaluation only.
@@ -34,6 +35,7 @@ from recon.priors.classical.twoview import (
     essential_magsac,
     estimate_shared_focal,
     focal_inlier_support,
+    fundamental_from_poses,
     fundamental_magsac,
     homography_inliers,
     ray_angles_deg,
@@ -94,6 +96,16 @@ class SfMConfig:
     ba_max_nfev: int = 40
     refine_focal: bool = True
     """Refine the shared focal in the final bundle adjustment (with >= 3 placed views)."""
+    guided_rounds: int = 2
+    """Rounds of guided matching once the views are placed: every matched pair of placed views (including
+    pairs that failed verification) is matched again along the epipolar lines of the current cameras, and
+    the model is re-triangulated and bundle-adjusted on the new tracks (0 disables)."""
+    guided_epipolar_factor: float = 3.0
+    """Guided matching accepts keypoints within this many RANSAC thresholds of the epipolar line."""
+    guided_depth_margin: float = 0.25
+    """Guided matches must triangulate within the depth range of the points found before them (1st-99th
+    percentile per view) widened by this fraction: a wrong match on repeated texture along the epipolar
+    line triangulates without error, but at a depth where the scene is not."""
 
 
 @dataclass
@@ -151,6 +163,7 @@ class _TrackSet:
     """
 
     def __init__(self, feats: list[Features], pairs: list[TwoView], merge_radius_px: float) -> None:
+        self.merge_radius_px = merge_radius_px
         offset = np.cumsum([0] + [len(f) for f in feats])
         edges = []
         for tv in pairs:
@@ -243,6 +256,39 @@ class _Reconstruction:
 
     def triangulated(self) -> np.ndarray:
         return ~np.isnan(self.X[:, 0])
+
+    def depths(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Depth of every usable observation of a triangulated point in a placed view, as flat arrays
+        (track index (O,), view index (O,), depth (O,))."""
+        t = self.tracks
+        el = np.flatnonzero(self.el_ok & self.registered_mask() & self.triangulated()[t.trk])
+        views = t.view[el]
+        W = np.stack([self.w2c[v] for v in views]) if len(el) else np.zeros((0, 4, 4))
+        _, z = project_points(W, self.focal, self.pp, self.X[t.trk[el]], np.arange(len(el)))
+        return t.trk[el], views, z
+
+    def depth_envelope(self, margin: float) -> dict[int, tuple[float, float]]:
+        """Per placed view, the (near, far) depths of its observed points (1st / 99th percentiles), widened
+        by ``margin`` (relative); views with fewer than 10 observed points are left out."""
+        _, views, z = self.depths()
+        env = {}
+        for v in self.w2c:
+            zv = z[(views == v) & (z > 0)]
+            if len(zv) >= 10:
+                lo, hi = np.quantile(zv, [0.01, 0.99])
+                env[v] = (lo * (1 - margin), hi * (1 + margin))
+        return env
+
+    def drop_outside(self, env: dict[int, tuple[float, float]]) -> int:
+        """Remove the points seen at a depth outside a view's ``env`` range, for good (their observations
+        are disabled, so they are not triangulated again); returns how many."""
+        trk, views, z = self.depths()
+        lo = np.array([env.get(v, (-np.inf, np.inf))[0] for v in views])
+        hi = np.array([env.get(v, (-np.inf, np.inf))[1] for v in views])
+        bad = np.unique(trk[(z < lo) | (z > hi)])
+        self.X[bad] = np.nan
+        self.el_ok[np.isin(self.tracks.trk, bad)] = False
+        return len(bad)
 
     def _Kinv(self) -> np.ndarray:
         return np.linalg.inv(self.K)
@@ -492,6 +538,59 @@ def _incremental(
     return rec
 
 
+def _guided_rematch(
+    rec: _Reconstruction,
+    feats: list[Features],
+    graph: list[tuple[int, int]],
+    verified: list[TwoView],
+    fixed: int,
+    refine_focal: bool,
+    env: dict[int, tuple[float, float]],
+) -> tuple[_Reconstruction, dict]:
+    """Match every pair of the pair graph whose views are both placed again, guided by the epipolar
+    geometry of the current cameras, and rebuild the model on the union of these and the verified matches.
+
+    Sparse wide-baseline captures leave few unguided matches: the ratio test over the whole image rejects
+    repeated texture, and pairs seen from very different directions may not verify at all, so the views
+    form a chain and the shared focal is barely observable. Along an epipolar line most of that ambiguity
+    disappears (standard two-stage, guided matching). The new tracks close loops between views and cover
+    more of each image, which pins down the focal and the relative rotations. The cameras are kept; points
+    are re-triangulated with the usual angle and reprojection checks, kept only within each view's depth
+    range ``env`` (see ``SfMConfig.guided_depth_margin``) and bundle-adjusted with the cameras.
+    Returns (the reconstruction, {"pairs": pairs matched, "matches": guided matches found, "kept": whether
+    the new model replaced the old one}).
+    """
+    cfg = rec.cfg
+    by_pair = {(p.i, p.j): p for p in verified}
+    pairs: list[TwoView] = []
+    n_new = 0
+    for i, j in graph:
+        if i not in rec.w2c or j not in rec.w2c:
+            continue
+        F = fundamental_from_poses(rec.K, rec.w2c[i], rec.w2c[j])
+        m = match_descriptors(feats[i], feats[j], cfg.ratio, F=F,
+                              max_epipolar_px=cfg.guided_epipolar_factor * rec.thr)
+        n_new += len(m)
+        old = by_pair.get((i, j))
+        if old is not None and old.e_inliers is not None:
+            m = np.unique(np.concatenate([old.matches[old.e_inliers], m]), axis=0)
+        if len(m):
+            pairs.append(TwoView(i, j, m, e_inliers=np.ones(len(m), bool)))
+    tracks = _TrackSet(feats, pairs, rec.tracks.merge_radius_px)
+    new = _Reconstruction(tracks, rec.n_views, rec.K, rec.thr, cfg)
+    new.w2c = {v: w.copy() for v, w in rec.w2c.items()}
+    new.failed_pnp = dict(rec.failed_pnp)
+    info = {"pairs": len(pairs), "matches": n_new, "points": new.triangulate()}
+    info["out_of_depth_range"] = new.drop_outside(env)
+    info["kept"] = bool(new.triangulated().sum() >= cfg.pnp_min_inliers)
+    if not info["kept"]:
+        return rec, info  # nothing usable: keep the old model
+    new.bundle(fixed=fixed, refine_focal=refine_focal)
+    new.triangulate()
+    new.drop_outside(env)
+    return new, info
+
+
 def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
     """Cameras (shared pinhole K with centred principal point, w2c) and sparse points for ``views``.
 
@@ -616,6 +715,14 @@ def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
         )
     rec = best
     fixed = min(rec.w2c)
+    guided_info = []
+    t4 = time.perf_counter()
+    env = rec.depth_envelope(cfg.guided_depth_margin)
+    for _ in range(cfg.guided_rounds):
+        rec, round_info = _guided_rematch(rec, feats, graph, verified, fixed, refine_f and len(rec.w2c) >= 3,
+                                          env)
+        guided_info.append(round_info)
+    timings["guided_s"] = time.perf_counter() - t4
     # final refinement: the focal too, when >= 3 views constrain it (2 views leave it weakly determined)
     refine_f = refine_f and len(rec.w2c) >= 3
     ba_info = rec.bundle(fixed=fixed, refine_focal=refine_f)
@@ -649,6 +756,7 @@ def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
             for p in pairs
         ],
         "init_pairs_tried": tried,
+        "guided_matches": guided_info,
         "tracks_dropped_inconsistent": tracks.n_dropped,
         "ba": ba_info,
         "timings": timings,

@@ -54,6 +54,15 @@ def _mask(m: np.ndarray | None, n: int) -> np.ndarray:
     return np.zeros(n, bool) if m is None else m.reshape(-1).astype(bool)
 
 
+def fundamental_from_poses(K: np.ndarray, w2c_a: np.ndarray, w2c_b: np.ndarray) -> np.ndarray:
+    """(3, 3) F with x_b^T F x_a = 0 (pixels) for cameras a and b sharing the pinhole K (w2c (4, 4))."""
+    R = w2c_b[:3, :3] @ w2c_a[:3, :3].T
+    t = w2c_b[:3, 3] - R @ w2c_a[:3, 3]
+    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    Kinv = np.linalg.inv(K)
+    return Kinv.T @ tx @ R @ Kinv
+
+
 def fundamental_magsac(
     xa: np.ndarray, xb: np.ndarray, thresh_px: float, confidence: float, max_iters: int
 ) -> tuple[np.ndarray | None, np.ndarray]:
