@@ -97,9 +97,9 @@ class SfMConfig:
     refine_focal: bool = True
     """Refine the shared focal in the final bundle adjustment (with >= 3 placed views)."""
     guided_rounds: int = 2
-    """Rounds of guided matching once the views are placed: every matched pair of placed views (including
-    pairs that failed verification) is matched again along the epipolar lines of the current cameras, and
-    the model is re-triangulated and bundle-adjusted on the new tracks (0 disables)."""
+    """Rounds of guided matching once three or more views are placed: every matched pair of placed views
+    (including pairs that failed verification) is matched again along the epipolar lines of the current
+    cameras, and the model is re-triangulated and bundle-adjusted on the new tracks (0 disables)."""
     guided_epipolar_factor: float = 3.0
     """Guided matching accepts keypoints within this many RANSAC thresholds of the epipolar line."""
     guided_depth_margin: float = 0.25
@@ -718,9 +718,10 @@ def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
     guided_info = []
     t4 = time.perf_counter()
     env = rec.depth_envelope(cfg.guided_depth_margin)
-    for _ in range(cfg.guided_rounds):
-        rec, round_info = _guided_rematch(rec, feats, graph, verified, fixed, refine_f and len(rec.w2c) >= 3,
-                                          env)
+    # With two views the guided matches would be chosen by the very epipolar geometry they then re-estimate,
+    # with nothing to check them against and no focal to refine (measured: no gain, sometimes a loss).
+    for _ in range(cfg.guided_rounds if len(rec.w2c) >= 3 else 0):
+        rec, round_info = _guided_rematch(rec, feats, graph, verified, fixed, refine_f, env)
         guided_info.append(round_info)
     timings["guided_s"] = time.perf_counter() - t4
     # final refinement: the focal too, when >= 3 views constrain it (2 views leave it weakly determined)
