@@ -102,3 +102,20 @@ def test_run_with_dataset_poses_writes_every_output(tmp_path, capsys):
     assert np.allclose(np.array(cams[0]["w2c"]), np.array(cams[0]["initial_w2c"]), atol=1e-3)
     g = load_ply(out / "point_cloud.ply")
     assert len(g) > 100 and torch.isfinite(g.means).all()
+
+
+def test_photos_that_share_nothing_are_named_and_exit_2(tmp_path, capsys):
+    """Two unrelated photos (independent textures): a one-line error that names them, exit code 2."""
+    import cv2
+
+    folder = tmp_path / "unrelated"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("wall.png", "sky.png"):
+        texture = cv2.GaussianBlur(rng.uniform(0, 255, (96, 128, 3)).astype(np.uint8), (3, 3), 0)
+        cv2.imwrite(str(folder / name), texture)
+    rc, err = _run_cli(["run", str(folder), "--out", str(tmp_path / "o"), "--iters", "1"], capsys)
+    assert rc == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "wall.png" in lines[0] and "sky.png" in lines[0] and "share no" in lines[0]
