@@ -247,6 +247,9 @@ class _Reconstruction:
         self.X = np.full((tracks.n_tracks, 3), np.nan)
         self.el_ok = np.ones(len(tracks.trk), bool)
         self.failed_pnp: dict[int, str] = {}
+        self.depth_range: dict[int, tuple[float, float]] = {}
+        """Per view (near, far): new points must be seen within it (see ``SfMConfig.guided_depth_margin``);
+        views not in it are unrestricted."""
 
     # -- helpers --------------------------------------------------------------------------------
     def registered_mask(self) -> np.ndarray:
@@ -257,20 +260,14 @@ class _Reconstruction:
     def triangulated(self) -> np.ndarray:
         return ~np.isnan(self.X[:, 0])
 
-    def depths(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Depth of every usable observation of a triangulated point in a placed view, as flat arrays
-        (track index (O,), view index (O,), depth (O,))."""
+    def depth_envelope(self, margin: float) -> dict[int, tuple[float, float]]:
+        """Per placed view, the (near, far) depths of its observed points (1st / 99th percentiles), widened
+        by ``margin`` (relative); views with fewer than 10 observed points are left out."""
         t = self.tracks
         el = np.flatnonzero(self.el_ok & self.registered_mask() & self.triangulated()[t.trk])
         views = t.view[el]
         W = np.stack([self.w2c[v] for v in views]) if len(el) else np.zeros((0, 4, 4))
         _, z = project_points(W, self.focal, self.pp, self.X[t.trk[el]], np.arange(len(el)))
-        return t.trk[el], views, z
-
-    def depth_envelope(self, margin: float) -> dict[int, tuple[float, float]]:
-        """Per placed view, the (near, far) depths of its observed points (1st / 99th percentiles), widened
-        by ``margin`` (relative); views with fewer than 10 observed points are left out."""
-        _, views, z = self.depths()
         env = {}
         for v in self.w2c:
             zv = z[(views == v) & (z > 0)]
@@ -278,17 +275,6 @@ class _Reconstruction:
                 lo, hi = np.quantile(zv, [0.01, 0.99])
                 env[v] = (lo * (1 - margin), hi * (1 + margin))
         return env
-
-    def drop_outside(self, env: dict[int, tuple[float, float]]) -> int:
-        """Remove the points seen at a depth outside a view's ``env`` range, for good (their observations
-        are disabled, so they are not triangulated again); returns how many."""
-        trk, views, z = self.depths()
-        lo = np.array([env.get(v, (-np.inf, np.inf))[0] for v in views])
-        hi = np.array([env.get(v, (-np.inf, np.inf))[1] for v in views])
-        bad = np.unique(trk[(z < lo) | (z > hi)])
-        self.X[bad] = np.nan
-        self.el_ok[np.isin(self.tracks.trk, bad)] = False
-        return len(bad)
 
     def _Kinv(self) -> np.ndarray:
         return np.linalg.inv(self.K)
@@ -328,6 +314,10 @@ class _Reconstruction:
         err = np.linalg.norm(uv - t.xy[el.ravel()], axis=1).reshape(T, k)
         z = z.reshape(T, k)
         good_obs = (err < self.reproj) & (z > 0)
+        if self.depth_range:
+            near, far = (np.array([self.depth_range.get(v, (0.0, np.inf))[e] for v in t.view[el.ravel()]])
+                         for e in (0, 1))
+            good_obs &= ((z.ravel() >= near) & (z.ravel() <= far)).reshape(T, k)
         C = -np.einsum("nji,nj->ni", W[:, :3, :3], W[:, :3, 3]).reshape(T, k, 3)
         rays = X[:, None] - C
         rays /= np.maximum(np.linalg.norm(rays, axis=2, keepdims=True), 1e-12)
@@ -580,14 +570,13 @@ def _guided_rematch(
     new = _Reconstruction(tracks, rec.n_views, rec.K, rec.thr, cfg)
     new.w2c = {v: w.copy() for v, w in rec.w2c.items()}
     new.failed_pnp = dict(rec.failed_pnp)
+    new.depth_range = dict(env)
     info = {"pairs": len(pairs), "matches": n_new, "points": new.triangulate()}
-    info["out_of_depth_range"] = new.drop_outside(env)
-    info["kept"] = bool(new.triangulated().sum() >= cfg.pnp_min_inliers)
+    info["kept"] = info["points"] >= cfg.pnp_min_inliers
     if not info["kept"]:
         return rec, info  # nothing usable: keep the old model
     new.bundle(fixed=fixed, refine_focal=refine_focal)
     new.triangulate()
-    new.drop_outside(env)
     return new, info
 
 
