@@ -119,12 +119,14 @@ def _refine_effect(recon: Reconstruction, row: dict, train: Views, test: Views, 
     states = [recon.refine_before[s] for s in stages] + [(recon.gaussians, recon.cameras)]
     scores: list[dict] = [{}] * len(states)
     scores[-1] = {k: row[k] for k in keys}
+    changed = [True] * len(stages)
     for n in range(len(stages) - 1, -1, -1):
         (g, cams), (g_next, cams_next) = states[n], states[n + 1]
         if g.means.shape == g_next.means.shape and torch.equal(g.means, g_next.means) and torch.equal(
             cams.w2c, cams_next.w2c
         ):
             scores[n] = scores[n + 1]
+            changed[n] = False
             continue
         poses, tm, _ = _score(dataclasses.replace(recon, gaussians=g, cameras=cams), train, test, cfg)
         scores[n] = {"psnr": tm["psnr"], "ssim": tm["ssim"], "rre_deg": poses["rre_deg"],
@@ -133,7 +135,7 @@ def _refine_effect(recon: Reconstruction, row: dict, train: Views, test: Views, 
     for n, stage in enumerate(stages):
         without, with_ = scores[n], scores[n + 1]
         effect[stage] = {
-            "changed": without is not with_,
+            "changed": changed[n],
             "without": without,
             "with": with_,
             "delta": {k: with_[k] - without[k] for k in keys

@@ -105,4 +105,5 @@ class Gaussians:
 
     @staticmethod
     def cat(items: list[Gaussians]) -> Gaussians:
-        return Gaussians(**{f.name: torch.cat([getattr(g, f.name) for g in items]) for f in fields(Gaussians)})  # noqa: E501
+        names = [f.name for f in fields(Gaussians)]
+        return Gaussians(**{n: torch.cat([getattr(g, n) for g in items]) for n in names})
