@@ -9,9 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from recon.cameras import look_at_w2c, make_rigid, sim3_transform_w2c, so3_exp
+from recon.cameras import Cameras, look_at_w2c, make_rigid, sim3_transform_w2c, so3_exp
 from recon.errors import ReconError
-from recon.eval.metrics import pose_auc, pose_metrics, psnr, ssim, ssim_map
+from recon.eval.metrics import (
+    camera_pose_metrics,
+    pose_auc,
+    pose_metrics,
+    psnr,
+    relative_pose_errors,
+    ssim,
+    ssim_map,
+)
 
 
 def _ssim_reference(x: np.ndarray, y: np.ndarray) -> float:
@@ -179,3 +187,62 @@ def test_pose_metrics_degenerate_inputs():
     assert m["rot_err_deg"] == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ReconError, match="matching"):
         pose_metrics(ref, ref[:2])
+
+
+def test_ate_needs_three_registered_views():
+    """A similarity fits 2 centres exactly: ATE would be 0 whatever the poses, so it is not reported."""
+    ref = _ring_cameras(2)
+    wrong = torch.stack([look_at_w2c(torch.tensor([0.0, 0.0, 9.0], dtype=torch.float64), torch.ones(3,
+                         dtype=torch.float64)), torch.eye(4, dtype=torch.float64)])
+    m = pose_metrics(wrong, ref)
+    assert m["ate"] is None and m["ate_frac"] is None
+    assert m["rre_deg"] > 10  # the poses are wrong; only ATE is undefined
+    # 3 of 5 registered: reported, and exact for exact poses.
+    ring = _ring_cameras(5)
+    m3 = pose_metrics(ring, ring, torch.tensor([True, False, True, False, True]))
+    assert m3["ate"] == pytest.approx(0.0, abs=1e-9) and m3["ate_frac"] == pytest.approx(0.0, abs=1e-9)
+    m2 = pose_metrics(ring, ring, torch.tensor([True, False, False, False, True]))
+    assert m2["ate"] is None
+
+
+def _collapse_onto(w2c: torch.Tensor, i: int, j: int) -> torch.Tensor:
+    """Cameras with camera i moved onto camera j's centre (its rotation kept)."""
+    out = w2c.clone()
+    C_j = torch.linalg.inv(w2c[j])[:3, 3]
+    out[i, :3, 3] = -w2c[i, :3, :3] @ C_j
+    return out
+
+
+def test_rte_of_a_collapsed_pair_is_180():
+    ref = _ring_cameras(3)
+    est = _collapse_onto(ref, 1, 0)
+    pairs, rre, rte = relative_pose_errors(est, ref)
+    assert pairs[0].tolist() == [0, 1]
+    assert rte[0].item() == pytest.approx(180.0) and rre[0].item() == pytest.approx(0.0, abs=1e-6)
+    # the sign-ambiguous variant does not fold it back to 0
+    _, _, rte_folded = relative_pose_errors(est, ref, translation_sign_ambiguity=True)
+    assert rte_folded[0].item() == pytest.approx(180.0)
+    # a degenerate reference pair counts the same way
+    _, _, rte_ref = relative_pose_errors(ref, est)
+    assert rte_ref[0].item() == pytest.approx(180.0)
+    m = pose_metrics(est, ref)
+    assert m["auc"]["30"] < 1.0 - 1 / 3 + 1e-9  # the collapsed pair is a failure at every threshold
+    # every camera on one centre: no pair has a direction
+    all_one = _collapse_onto(_collapse_onto(ref, 1, 0), 2, 0)
+    assert pose_metrics(all_one, ref)["rte_deg"] == pytest.approx(180.0)
+    # a far-from-origin scene with exact poses is not mistaken for a degenerate one
+    far = sim3_transform_w2c(ref, 1.0, torch.eye(3, dtype=torch.float64),
+                             torch.tensor([1e4, -2e4, 5e3], dtype=torch.float64))
+    assert pose_metrics(far, far)["rte_deg"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_camera_pose_metrics_matches_by_name_and_counts_missing_views():
+    ref_w2c = _ring_cameras(4)
+    K = torch.eye(3).repeat(4, 1, 1)
+    sizes = torch.tensor([[64, 48]] * 4)
+    ref = Cameras(K, ref_w2c.float(), sizes, ["a.png", "b.png", "c.png", "d.png"])
+    est = ref.subset(["d.png", "a.png", "b.png"])  # another order; c.png was not placed
+    m = camera_pose_metrics(est, ref)
+    assert m["n_views"] == 4 and m["n_registered"] == 3 and m["n_pairs"] == 6
+    assert m["rre_deg"] == pytest.approx(3 * 180.0 / 6, abs=1e-3)  # 3 of 6 pairs involve c.png
+    assert m["ate"] == pytest.approx(0.0, abs=1e-5)

@@ -4,7 +4,9 @@ Images are float tensors in [0, 1], (H, W, 3) or batched (N, H, W, 3); batched m
 the per-image values. SSIM is differentiable and is also what the training loss uses.
 
 Pose metrics follow the feed-forward reconstruction literature (RRE/RTE over all pairs, their AUC) plus the
-absolute trajectory error after a similarity (Umeyama, with scale) alignment of the camera centres.
+absolute trajectory error after a similarity (Umeyama, with scale) alignment of the camera centres. A
+similarity has 7 degrees of freedom, so it fits 2 centres exactly (ATE 0 whatever the poses): ATE is
+reported only with at least :data:`ATE_MIN_VIEWS` registered views, and with 3 it still says little.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from recon.cameras import camera_centers, sim3_transform_w2c, so3_log, umeyama
+from recon.cameras import Cameras, camera_centers, so3_log, umeyama
 from recon.errors import ReconError
 
 Tensor = torch.Tensor
@@ -26,6 +28,10 @@ SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
 AUC_THRESHOLDS_DEG = (5, 15, 30)
+ATE_MIN_VIEWS = 3
+"""Fewest registered views for which ATE is reported (a similarity fit of 2 centres is exact)."""
+DEGENERATE_REL = 1e-9
+"""A relative translation shorter than this times its cameras' translation lengths has no direction."""
 
 
 def _as_batch(img: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
@@ -167,12 +173,9 @@ def _align_orientations(est_w2c: Tensor, ref_w2c: Tensor) -> Tensor:
 
 
 def _angle_between_deg(a: Tensor, b: Tensor) -> Tensor:
-    """Angle (degrees) between vectors (..., 3); 0 when either is (near) zero-length."""
-    na = a.norm(dim=-1)
-    nb = b.norm(dim=-1)
-    cos = (a * b).sum(-1) / (na * nb).clamp_min(1e-12)
-    ang = torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
-    return torch.where((na < 1e-12) | (nb < 1e-12), torch.zeros_like(ang), ang)
+    """Angle (degrees) between vectors (..., 3); meaningless where either is (near) zero-length."""
+    cos = (a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1)).clamp_min(1e-300)
+    return torch.rad2deg(torch.arccos(cos.clamp(-1.0, 1.0)))
 
 
 def relative_pose_errors(est_w2c: Tensor, ref_w2c: Tensor, translation_sign_ambiguity: bool = False):
@@ -184,6 +187,10 @@ def relative_pose_errors(est_w2c: Tensor, ref_w2c: Tensor, translation_sign_ambi
     similarity of the world. With ``translation_sign_ambiguity`` RTE is folded to min(e, 180 - e), as some
     papers do; the default is the stricter signed error.
 
+    A pair whose estimated or reference relative translation has no length (two cameras on one centre, up
+    to float rounding: shorter than :data:`DEGENERATE_REL` times the pair's translation vectors) has no
+    direction to compare: its RTE is 180 degrees, so collapsed cameras never score a perfect RTE.
+
     Returns (pairs (P, 2) long, rre (P,), rte (P,)), computed in float64.
     """
     est = est_w2c.detach().double()
@@ -192,19 +199,23 @@ def relative_pose_errors(est_w2c: Tensor, ref_w2c: Tensor, translation_sign_ambi
     pairs = torch.tensor(list(itertools.combinations(range(n), 2)), dtype=torch.long).view(-1, 2)
     i, j = pairs[:, 0], pairs[:, 1]
 
-    def rel(w2c: Tensor) -> tuple[Tensor, Tensor]:
+    def rel(w2c: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Relative rotations (P, 3, 3), translations (P, 3) and whether each translation is degenerate."""
         R_i, t_i = w2c[i, :3, :3], w2c[i, :3, 3]
         R_j, t_j = w2c[j, :3, :3], w2c[j, :3, 3]
         R_ij = R_i @ R_j.transpose(-1, -2)
         t_ij = t_i - (R_ij @ t_j.unsqueeze(-1)).squeeze(-1)
-        return R_ij, t_ij
+        # t_ij = -R_i (C_i - C_j): rounding leaves ~1e-16 |t| when the centres coincide.
+        degenerate = t_ij.norm(dim=-1) <= DEGENERATE_REL * (t_i.norm(dim=-1) + t_j.norm(dim=-1))
+        return R_ij, t_ij, degenerate
 
-    R_e, t_e = rel(est)
-    R_r, t_r = rel(ref)
+    R_e, t_e, deg_e = rel(est)
+    R_r, t_r, deg_r = rel(ref)
     rre = _rotation_error_deg(R_e, R_r)
     rte = _angle_between_deg(t_e, t_r)
     if translation_sign_ambiguity:
         rte = torch.minimum(rte, 180.0 - rte)
+    rte = torch.where(deg_e | deg_r, torch.full_like(rte, 180.0), rte)
     return pairs, rre, rte
 
 
@@ -214,6 +225,38 @@ def pose_auc(errors_deg: Tensor, threshold_deg: int) -> float:
         return float("nan")
     ts = torch.arange(1, threshold_deg + 1, dtype=errors_deg.dtype)
     return float((errors_deg[None, :] < ts[:, None]).double().mean(1).mean())
+
+
+def aligned_centers(est_w2c: Tensor, ref_w2c: Tensor) -> Tensor:
+    """Estimated camera centres (N, 3) mapped into the reference frame by the similarity (Umeyama, with
+    scale) fitted from the estimated to the reference centres of the same N >= 2 views; float64."""
+    c_est = camera_centers(est_w2c.detach().double().cpu())
+    c_ref = camera_centers(ref_w2c.detach().double().cpu())
+    s, R, t = umeyama(c_est, c_ref)
+    return s * c_est @ R.T + t
+
+
+def match_cameras(est: Cameras, ref: Cameras) -> tuple[Tensor, Tensor]:
+    """Estimated w2c in the order of ``ref`` (matched by name): ((N, 4, 4) float64, registered (N,) bool).
+
+    ``ref`` holds every view the method was given; views missing from ``est`` (not placed) get an identity
+    placeholder and registered False, which :func:`pose_metrics` scores as unregistered.
+    """
+    index = {name: k for k, name in enumerate(est.names)}
+    est_w2c = torch.eye(4, dtype=torch.float64).repeat(len(ref), 1, 1)
+    registered = torch.zeros(len(ref), dtype=torch.bool)
+    for k, name in enumerate(ref.names):
+        if name in index:
+            est_w2c[k] = est.w2c[index[name]].detach().double().cpu()
+            registered[k] = True
+    return est_w2c, registered
+
+
+def camera_pose_metrics(est: Cameras, ref: Cameras) -> dict:
+    """:func:`pose_metrics` of cameras ``est`` (the views a method placed) against ``ref`` (every view it was
+    given, the reference cameras); views of ``ref`` missing from ``est`` count as unregistered."""
+    est_w2c, registered = match_cameras(est, ref)
+    return pose_metrics(est_w2c, ref.w2c, registered)
 
 
 def pose_metrics(
@@ -234,7 +277,8 @@ def pose_metrics(
 
     Returns a JSON-ready dict:
         ``ate``: RMSE of the registered camera centres after the Umeyama similarity (est -> ref) fitted on
-        them, in reference units (NaN with fewer than 2 registered views);
+        them, in reference units; None with fewer than :data:`ATE_MIN_VIEWS` registered views (the fit of
+        2 centres is exact, so ATE would be 0 whatever the poses);
         ``ate_frac``: ``ate`` / reference trajectory diameter (max pairwise distance of reference centres);
         ``rot_err_deg``: mean absolute rotation error of the registered cameras after the global rotation
         that best aligns their orientations (independent of the centres, so also defined for 2 cameras);
@@ -256,11 +300,8 @@ def pose_metrics(
     # Absolute errors after a similarity alignment on the registered centres.
     c_ref = camera_centers(ref)
     diameter = float(torch.cdist(c_ref, c_ref).max()) if n > 1 else 0.0
-    if n_reg >= 2:
-        c_est = camera_centers(est[reg])
-        s, R, t = umeyama(c_est, c_ref[reg])
-        aligned = sim3_transform_w2c(est[reg], s, R, t)
-        ate = float(((camera_centers(aligned) - c_ref[reg]) ** 2).sum(-1).mean().sqrt())
+    if n_reg >= ATE_MIN_VIEWS:
+        ate = float(((aligned_centers(est[reg], ref[reg]) - c_ref[reg]) ** 2).sum(-1).mean().sqrt())
     else:
         ate = float("nan")
     if n_reg >= 1:
