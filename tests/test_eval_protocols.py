@@ -5,7 +5,7 @@ import json
 import pytest
 
 from recon.errors import ReconError
-from recon.eval.protocols import DTU_TEST_IDS, evenly_spaced, make_split
+from recon.eval.protocols import DTU_TEST_IDS, evenly_spaced, make_split, read_split_file
 
 
 def test_llff_split_holds_out_every_8th_and_spaces_training_views():
@@ -41,3 +41,38 @@ def test_even_split_and_file_override(tmp_path):
 def test_evenly_spaced_keeps_all_when_few():
     assert evenly_spaced([1, 2], 5) == [1, 2]
     assert evenly_spaced(list(range(10)), 2) == [0, 9]
+
+
+def test_split_file_with_an_image_in_train_and_test_is_an_error_naming_it(tmp_path):
+    names = [f"{c}.jpg" for c in "abcdef"]
+    f = tmp_path / "split.json"
+    f.write_text(json.dumps({"train": ["a.jpg", "c.jpg", "e.jpg"], "test": ["b.jpg", "c.jpg", "e.jpg"]}))
+    with pytest.raises(ReconError, match=r"c\.jpg, e\.jpg both for training and for testing"):
+        make_split(names, "llff", 3, f)
+    with pytest.raises(ReconError, match=r"c\.jpg, e\.jpg"):
+        read_split_file(f)  # checked without a scene, before a batch starts
+    f.write_text(json.dumps({"train": ["a.jpg", "b.jpg", "a.jpg"], "test": ["c.jpg"]}))
+    with pytest.raises(ReconError, match=r"a\.jpg more than once in 'train'"):
+        read_split_file(f)
+
+
+def test_empty_splits_are_errors_naming_the_images(tmp_path):
+    names = ["a.png", "b.png", "c.png"]
+    # the even protocol with as many views as images leaves nothing to test on
+    with pytest.raises(ReconError, match=r"no test image \(training: a\.png, b\.png, c\.png\)"):
+        make_split(names, "colmap", 3)
+    f = tmp_path / "split.json"
+    f.write_text(json.dumps({"train": ["a.png", "b.png"], "test": []}))
+    with pytest.raises(ReconError, match=r"no test image \(training: a\.png, b\.png\)"):
+        make_split(names, "colmap", 3, f)
+    with pytest.raises(ReconError, match="no test image"):
+        read_split_file(f)
+    f.write_text(json.dumps({"train": ["a.png"], "test": ["b.png"]}))
+    with pytest.raises(ReconError, match=r"1 training image\(s\) \(a\.png\)"):
+        read_split_file(f)
+    f.write_text(json.dumps({"train": "a.png"}))
+    with pytest.raises(ReconError, match="cannot read split file"):
+        read_split_file(f)
+    # a usable file passes through unchanged
+    f.write_text(json.dumps({"train": ["c.png", "a.png"], "test": ["b.png"]}))
+    assert read_split_file(f) == (["c.png", "a.png"], ["b.png"])
