@@ -13,9 +13,9 @@ from pathlib import Path
 
 import tyro
 
+from recon.config import ReconConfig
 from recon.errors import ReconError
-from recon.eval.runner import EvalConfig
-from recon.pipeline import ReconConfig
+from recon.eval.config import EvalConfig
 
 
 @dataclass(kw_only=True)

@@ -10,57 +10,22 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
 
 import torch
-import tyro
 
 from recon.cameras import Cameras
+from recon.config import ReconConfig
 from recon.errors import ReconError
 from recon.eval.metrics import pose_metrics
 from recon.eval.novel_view import align_reference_cameras, evaluate_test_views, score_views
-from recon.gaussians.init import InitConfig, init_from_prior
-from recon.optim.trainer import TrainConfig, TrainState, render_images, train
+from recon.gaussians.init import init_from_prior
+from recon.optim.trainer import TrainState, render_images, train
 from recon.priors.base import PriorResult
-from recon.priors.classical.prior import ClassicalConfig
-from recon.priors.factory import PriorName, dense_prior_for_cameras, make_prior
-from recon.priors.learned import LearnedConfig
+from recon.priors.factory import dense_prior_for_cameras, make_prior
 from recon.reconstruction import Reconstruction
-from recon.refine import RefineConfig, refine
+from recon.refine.stages import refine
 from recon.views import Views
-
-
-@dataclass
-class ReconConfig:
-    """Everything a run needs; the CLI exposes every field (``recon run --help``)."""
-
-    poses: Literal["prior", "dataset"] = "prior"
-    """Camera poses: estimated by the geometry prior (pose-free, the default) or read from the dataset."""
-    max_side: int = 512
-    """Images are resized so that their long side is at most this many pixels."""
-    test_every: int = 0
-    """Hold out every K-th image (index 0, K, 2K, ...) as a test view (LLFF uses 8); 0 keeps all."""
-    test_pose_iters: int = 300
-    """With estimated poses, refine each held-out camera's pose against the frozen Gaussians for this many
-    steps before scoring it (InstantSplat's protocol); the initial pose is the aligned reference pose."""
-    device: str = "auto"
-    """'auto' (CUDA when available, else CPU), 'cpu' or 'cuda'."""
-    prior: PriorName = "classical"
-    """Geometry prior: 'classical' (no weights, default) or a learned one that needs --checkpoint."""
-    checkpoint: Path | None = None
-    """Local checkpoint of a learned prior (.pth or .safetensors; a config.json beside it sets sizes)."""
-    classical: ClassicalConfig = field(default_factory=ClassicalConfig)
-    learned: LearnedConfig = field(default_factory=LearnedConfig)
-    init: InitConfig = field(default_factory=InitConfig)
-    refine: RefineConfig = field(default_factory=RefineConfig)
-    """Refinement after training: outlier pose correction (on) and diffusion-prior refinement (off)."""
-    diffusion_model: Path | None = None
-    """Local diffusers folder (model_index.json) of an image-to-image model (img2img or a single-step
-    fixer) for diffusion-prior refinement of unseen regions; nothing is downloaded. Without it that stage
-    is skipped."""
-    train: Annotated[TrainConfig, tyro.conf.OmitArgPrefixes] = field(default_factory=TrainConfig)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -14,12 +14,12 @@ import dataclasses
 import math
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from recon.errors import ReconError
+from recon.eval.config import EvalConfig
 from recon.eval.metrics import pose_metrics
 from recon.eval.protocols import make_split
 from recon.io.atomic import atomic_write_json, atomic_write_text
@@ -30,23 +30,6 @@ from recon.reconstruction import Reconstruction
 from recon.views import Views
 
 NUMERIC_KEYS = ["registered", "psnr", "ssim", "ate", "rre_deg", "rte_deg", "seconds"]
-
-
-@dataclass(kw_only=True)
-class EvalConfig(ReconConfig):
-    """The pipeline's configuration plus the evaluation protocol's settings."""
-
-    max_side: int = 1024
-    """Images are loaded with their long side at most this (Strecha's protocol uses 1024)."""
-    views: int = 3
-    """Number of training views per scene."""
-    split: Path | None = None
-    """JSON file with {"train": [...], "test": [...]} image names, overriding the protocol."""
-    ray: bool = False
-    """Run scenes in parallel with Ray (the 'dist' extra); otherwise one after another."""
-    refine_effect: bool = False
-    """Also score each scene as it was before each refinement stage that ran (pose correction; diffusion
-    with --diffusion-model), i.e. the run without that stage, and report the differences."""
 
 
 def _strip_poses(views: Views) -> Views:

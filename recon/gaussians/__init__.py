@@ -1,16 +1,29 @@
-"""Gaussian parameters, their initialisation from point clouds / point maps, densification."""
+"""Gaussian parameters (``model.py``), their initialisation from point maps (``init.py``, configured by
+``config.py``) and densification.
 
-from recon.gaussians.init import InitConfig, InitStats, init_from_points, init_from_prior
-from recon.gaussians.model import SH_C0, Gaussians, num_sh_bases, rgb_to_sh0, sh0_to_rgb
+The package itself stays light (no torch at import, so that the CLI parses arguments quickly): its names
+are loaded on first use.
+"""
 
-__all__ = [
-    "SH_C0",
-    "Gaussians",
-    "InitConfig",
-    "InitStats",
-    "init_from_points",
-    "init_from_prior",
-    "num_sh_bases",
-    "rgb_to_sh0",
-    "sh0_to_rgb",
-]
+from __future__ import annotations
+
+import importlib
+
+_LAZY = {
+    "SH_C0": "recon.gaussians.model",
+    "Gaussians": "recon.gaussians.model",
+    "num_sh_bases": "recon.gaussians.model",
+    "rgb_to_sh0": "recon.gaussians.model",
+    "sh0_to_rgb": "recon.gaussians.model",
+    "InitConfig": "recon.gaussians.config",
+    "InitStats": "recon.gaussians.init",
+    "init_from_points": "recon.gaussians.init",
+    "init_from_prior": "recon.gaussians.init",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

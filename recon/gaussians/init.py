@@ -21,7 +21,6 @@ identity rotation, a low opacity, DC colour from the point colour and zero highe
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from scipy.spatial import cKDTree
 
 from recon.cameras import project, transform_points
 from recon.errors import ReconError
+from recon.gaussians.config import InitConfig
 from recon.gaussians.model import Gaussians, num_sh_bases, rgb_to_sh0
 from recon.priors.base import PriorResult
 
@@ -44,39 +44,6 @@ __all__ = [
     "voxel_downsample",
     "cap_points",
 ]
-
-
-@dataclass
-class InitConfig:
-    """How point maps become the initial Gaussians.
-
-    Attributes:
-        max_gaussians: upper bound on the number of Gaussians after initialisation.
-        voxel_size: world-unit voxel grid applied after co-visibility downsampling (the most confident
-            point per voxel survives); None applies a grid only when needed to meet ``max_gaussians``.
-        init_opacity: opacity of every new Gaussian (stored as its logit).
-        knn: neighbours whose mean distance sets each Gaussian's scale.
-        sh_degree: SH degree of the ``shN`` buffer, allocated as zeros. 0 by default: with a handful of
-            views view-dependent colour mostly overfits; a trainer that wants a higher degree passes it
-            here (or pads ``shN`` when it raises the active degree).
-        conf_threshold: pixels with ``conf <= conf_threshold`` are dropped (0 keeps all with conf > 0;
-            learned priors' confidences start at 1, so e.g. 1.5 drops their least certain pixels).
-        covis: run co-visibility downsampling (off: keep every confident pixel of every view).
-        covis_depth_tol: relative depth agreement for a pixel to count as already explained.
-        rank_by: view ranking statistic of the confidences of a view's valid pixels.
-        scale_clamp: (lo, hi) multiples of the median kNN distance that bound every scale.
-    """
-
-    max_gaussians: int = 100_000
-    voxel_size: float | None = None
-    init_opacity: float = 0.1
-    knn: int = 3
-    sh_degree: int = 0
-    conf_threshold: float = 0.0
-    covis: bool = True
-    covis_depth_tol: float = 0.03
-    rank_by: Literal["median", "mean"] = "median"
-    scale_clamp: tuple[float, float] = (0.1, 10.0)
 
 
 @dataclass

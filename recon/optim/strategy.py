@@ -13,45 +13,13 @@ fields) and one Adam param group per tensor; this module edits both in place.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from recon.cameras import quat_to_rotmat
+from recon.optim.config import DensifyConfig
 
 Tensor = torch.Tensor
-
-
-@dataclass
-class DensifyConfig:
-    """Densification schedule and thresholds (steps are absolute training steps)."""
-
-    densify_from: int = 100
-    """First step at which Gaussians are densified/pruned."""
-    densify_until: int = 600
-    """No densification after this step (3DGS stops halfway through training)."""
-    densify_every: int = 100
-    """Densify/prune every this many steps."""
-    grad_threshold: float = 2e-4
-    """Mean screen-space position gradient (in NDC units, as 3DGS) above which a Gaussian is densified."""
-    dense_percent: float = 0.01
-    """Gaussians larger than this fraction of the scene extent are split, smaller ones cloned."""
-    split_factor: float = 1.6
-    """Each split child's scales are the parent's divided by this."""
-    prune_opacity: float = 0.005
-    """Gaussians with opacity below this are pruned."""
-    prune_size_frac: float = 0.1
-    """After the first opacity reset, Gaussians with a world-space scale above this fraction of the scene
-    extent are pruned."""
-    prune_screen_px: float = 0.0
-    """After the first opacity reset, Gaussians whose screen radius exceeded this many pixels are pruned
-    (0 disables; 3DGS uses 20 at 800 px)."""
-    opacity_reset_every: int = 300
-    """Reset every opacity to at most ``reset_opacity`` every this many steps (0 disables)."""
-    reset_opacity: float = 0.01
-    """The opacity ceiling applied by a reset."""
-    max_gaussians: int = 1_000_000
-    """Densification stops adding Gaussians beyond this count."""
 
 
 def _replace_param(params: dict[str, Tensor], optimizer: torch.optim.Optimizer, name: str, value: Tensor,

@@ -30,6 +30,7 @@ from recon.cameras import (
     rotmat_to_quat,
     umeyama,
 )
+from recon.priors.config import AlignConfig
 
 
 @dataclass
@@ -45,20 +46,6 @@ class PairPrediction:
     pts_j: torch.Tensor
     conf_i: torch.Tensor
     conf_j: torch.Tensor
-
-
-@dataclass
-class AlignConfig:
-    iters: int = 300
-    """Adam steps of the joint optimisation (0: initialisation only)."""
-    lr: float = 0.01
-    conf_min: float = 1.5
-    """Pixels with confidence below this are ignored (DUSt3R confidences start at 1)."""
-    conf_power: float = 1.0
-    """Residual weight = conf ** conf_power (conf is clipped at 1e3 to avoid single-pixel dominance)."""
-    optimize_focal: bool = True
-    shared_focal: bool = False
-    """One focal for all views (same camera), else one per view."""
 
 
 @dataclass

@@ -7,7 +7,6 @@ from a local file (``--checkpoint PATH``); nothing is ever downloaded.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
 
@@ -15,10 +14,9 @@ from recon.cameras import Cameras
 from recon.errors import ReconError
 from recon.priors.base import Prior, PriorResult
 from recon.priors.classical.prior import ClassicalConfig, ClassicalPrior, dense_for_cameras
+from recon.priors.config import PriorName  # noqa: E402,F401  (re-exported)
 from recon.priors.learned import LearnedConfig, LearnedPrior
 from recon.views import Views
-
-PriorName = Literal["classical", "dust3r", "mast3r", "vggt"]
 
 
 def make_prior(

@@ -29,9 +29,8 @@ import inspect
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +42,7 @@ from recon.gaussians import Gaussians
 from recon.optim.losses import pearson_depth_loss, photometric_loss
 from recon.optim.schedules import exp_decay
 from recon.optim.trainer import GAUSSIAN_FIELDS, TrainConfig, background_tensor, render_images
+from recon.refine.config import DiffusionConfig
 from recon.render import rasterize
 from recon.synthetic import interpolate_cameras
 
@@ -57,46 +57,6 @@ __all__ = [
     "train_with_pseudo_views",
     "run_diffusion_stage",
 ]
-
-
-@dataclass
-class DiffusionConfig:
-    """Diffusion-prior refinement (off unless a model folder is given)."""
-
-    model: Path | None = None
-    """Local diffusers folder of an image-to-image model (model_index.json inside); None skips the stage."""
-    mode: Literal["auto", "img2img", "fixer"] = "auto"
-    """'img2img': multi-step image-to-image pipeline; 'fixer': one denoising step with the pipeline's
-    VAE/UNet/scheduler (SD-Turbo-style fixers); 'auto': img2img when the pipeline has an image-to-image
-    form, else fixer."""
-    rounds: int = 3
-    """Refresh rounds: pseudo views are re-rendered and re-enhanced at the start of each."""
-    steps_per_round: int = 200
-    """Training steps between refreshes (Difix3D+'s K)."""
-    num_pseudo: int = 8
-    """Pseudo views per round, spread over the path through (and beyond) the training cameras."""
-    extrapolate: float = 0.25
-    """How far the pseudo-view path extends beyond the first/last training camera (in camera spacings)."""
-    pseudo_weight: float = 0.3
-    """Weight of a pseudo view's loss relative to a training view's."""
-    strength_start: float = 0.5
-    """Denoising strength of the first round (fraction of the noise schedule)."""
-    strength_end: float = 0.2
-    """Strength of the last round (linear in between): later renders are cleaner and need less change."""
-    inference_steps: int = 10
-    """img2img: scheduler steps for strength 1 (the pipeline runs about strength x this many)."""
-    guidance_scale: float = 1.0
-    """img2img classifier-free guidance (<= 1 disables it: the prompt is empty anyway)."""
-    prompt: str = ""
-    """Text prompt for text-conditioned models."""
-    batch_size: int = 4
-    """Images per diffusion call."""
-    depth_lambda: float = 0.05
-    """Weight of the Pearson correlation of the training views' rendered depth with the prior's depth."""
-    lr_scale: float = 0.1
-    """Position learning rate of the stage relative to the first round's initial one (fine-tuning)."""
-    seed: int = 0
-    """Seed of the diffusion noise and of the view order."""
 
 
 class Enhancer(Protocol):

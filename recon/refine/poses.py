@@ -43,48 +43,12 @@ from recon.gaussians import Gaussians
 from recon.optim.losses import photometric_loss
 from recon.optim.pose import fit_poses
 from recon.priors.classical.features import Features, detect_features, match_descriptors
+from recon.refine.config import PoseCorrectionConfig
 from recon.render import render_gaussians
 
 Tensor = torch.Tensor
 
 __all__ = ["PoseCorrectionConfig", "ViewScore", "score_views", "correct_view", "correct_outliers"]
-
-
-@dataclass
-class PoseCorrectionConfig:
-    """Detection and re-placement of outlier training cameras (on by default; a no-op without outliers)."""
-
-    enabled: bool = True
-    """Detect and correct badly placed training cameras after the first optimisation round."""
-    mad_k: float = 4.0
-    """A view is flagged when a score exceeds median + mad_k * 1.4826 * MAD over the views."""
-    min_reproj_frac: float = 0.02
-    """...and its match reprojection error (median, as a fraction of the image diagonal) exceeds this."""
-    min_photo_ratio: float = 1.5
-    """...or its photometric loss exceeds this many times the median view's (and the MAD rule)."""
-    max_features: int = 2000
-    """SIFT keypoints per view for the match-based score and PnP."""
-    match_ratio: float = 0.85
-    """Lowe ratio of the SIFT matching."""
-    grid_steps: int = 13
-    """Azimuth steps of the rotation grid about the scene centre (per inlier camera)."""
-    grid_margin_deg: float = 10.0
-    """The grid extends this far beyond the azimuth range of the inlier cameras on each side."""
-    top_k: int = 3
-    """Candidates kept after the discrete search for continuous refinement."""
-    refine_iters: int = 150
-    """Pose-only refinement steps of each kept candidate against the frozen Gaussians."""
-    refine_lr: float = 1e-2
-    """Initial learning rate of that refinement (radians; translation in scene-extent units)."""
-    accept_ratio: float = 0.8
-    """Accept a new pose only when its loss is below this fraction of the (refined) current pose's loss."""
-    support_depth_tol: float = 0.05
-    """A Gaussian belongs to the inliers' scene when it lies within this relative depth of an inlier's
-    rendered surface."""
-    reopt_iters: int = 0
-    """Joint re-optimisation steps after a correction; 0 repeats the first round's ``iters``."""
-    max_outlier_frac: float = 0.34
-    """At most this fraction of the views is treated as outliers (the most deviant first)."""
 
 
 @dataclass

@@ -5,6 +5,20 @@ two-view geometry and focal self-calibration (``twoview.py``) and bundle adjustm
 Part 2, dense point maps for those cameras: ``dense.py``; ``prior.py`` joins both into the ``Prior``.
 """
 
-from recon.priors.classical.sfm import SfMConfig, SfMResult, Tracks, run_sfm
+import importlib
 
-__all__ = ["SfMConfig", "SfMResult", "Tracks", "run_sfm"]
+_LAZY = {
+    "SfMConfig": "recon.priors.classical.config",
+    "DenseConfig": "recon.priors.classical.config",
+    "ClassicalConfig": "recon.priors.classical.config",
+    "SfMResult": "recon.priors.classical.sfm",
+    "Tracks": "recon.priors.classical.sfm",
+    "run_sfm": "recon.priors.classical.sfm",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):  # light package: names load on first use (the CLI parses without torch)
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

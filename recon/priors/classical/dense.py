@@ -52,76 +52,12 @@ import torch.nn.functional as F
 
 from recon.cameras import Cameras, pixel_centers, project, unproject_depth
 from recon.errors import ReconError
+from recon.priors.classical.config import DenseConfig
 
 Tensor = torch.Tensor
 
 # ITU-R BT.601 luma weights: NCC runs on one grey channel (colour adds little to NCC and costs 3x).
 _LUMA = (0.299, 0.587, 0.114)
-
-
-@dataclass
-class DenseConfig:
-    """Options of :func:`dense_pointmaps` (pixel quantities are at the reduced resolution)."""
-
-    max_side: int = 320
-    """Long side (px) of the working resolution; images larger than this are downscaled, never upscaled."""
-    n_planes: int = 0
-    """Depth planes per reference view; 0 picks them from the geometry (see ``plane_step_px``)."""
-    plane_step_px: float = 1.0
-    """With ``n_planes=0``: planes are spaced so that consecutive ones move a source pixel by about this."""
-    min_planes: int = 48
-    """Lower clamp of the automatic plane count."""
-    max_planes: int = 192
-    """Upper clamp of the automatic plane count (bounds the runtime for huge depth ranges)."""
-    window: int = 7
-    """Side of the square NCC window (odd)."""
-    n_neighbors: int = 4
-    """Source views per reference view (the best by triangulation angle when not given)."""
-    top_k: int = 2
-    """Per pixel and plane, average the best ``top_k`` NCC scores of the sources that see the window."""
-    aggregate_window: int = 3
-    """Extra box filter (odd side, 1 = off) over the aggregated score volume before winner-take-all."""
-    ncc_min: float = 0.3
-    """Aggregated NCC below this is rejected; it maps to confidence 0."""
-    ncc_good: float = 0.8
-    """Aggregated NCC at which the photometric confidence term saturates at 1."""
-    ratio_good: float = 1.5
-    """Second-best / best cost ratio at which the uniqueness term saturates at 1 (1 maps to 0)."""
-    uniqueness_planes: int = 3
-    """The second-best cost is searched outside +-this many planes of the winner."""
-    min_texture_std: float = 0.01
-    """Reference windows with an intensity standard deviation below this are textureless: rejected."""
-    consistency_px: float = 1.0
-    """Forward-backward reprojection error (px) under which a source view agrees with a depth."""
-    consistency_rel_depth: float = 0.01
-    """Relative depth difference under which a source view agrees with a depth."""
-    min_consistent: int = 1
-    """Source views that must agree for a pixel to be kept (>= 1: unverified depths are never kept)."""
-    consistent_target: int = 2
-    """Agreeing views at which the multi-view confidence term saturates at 1."""
-    neighbor_angle_deg: float = 5.0
-    """Preferred triangulation angle for automatic neighbour selection (MVSNet's scoring)."""
-    chunk_planes: int = 8
-    """Planes warped per vectorised step (memory ~ chunk * n_sources * h * w * 4 floats)."""
-
-    def validate(self) -> None:
-        """Raise :class:`ReconError` for settings that cannot work."""
-        if self.max_side < 16:
-            raise ReconError(f"dense.max_side must be >= 16 px, got {self.max_side}")
-        if self.window < 3 or self.window % 2 == 0:
-            raise ReconError(f"dense.window must be an odd number >= 3, got {self.window}")
-        if self.aggregate_window < 1 or self.aggregate_window % 2 == 0:
-            raise ReconError(f"dense.aggregate_window must be odd and >= 1, got {self.aggregate_window}")
-        if self.n_planes < 0 or (self.n_planes and self.n_planes < 3):
-            raise ReconError(f"dense.n_planes must be 0 (automatic) or >= 3, got {self.n_planes}")
-        if not 3 <= self.min_planes <= self.max_planes:
-            raise ReconError("dense.min_planes must be >= 3 and <= dense.max_planes")
-        if min(self.n_neighbors, self.top_k, self.min_consistent, self.consistent_target) < 1:
-            raise ReconError("dense.n_neighbors, top_k, min_consistent and consistent_target must be >= 1")
-        if not -1.0 <= self.ncc_min < self.ncc_good <= 1.0:
-            raise ReconError("dense.ncc_min must be < dense.ncc_good, both in [-1, 1]")
-        if self.ratio_good <= 1.0:
-            raise ReconError(f"dense.ratio_good must be > 1, got {self.ratio_good}")
 
 
 @dataclass

@@ -5,21 +5,14 @@ Needs no weights and no GPU; it is recon's default prior.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from recon.cameras import Cameras, transform_points
 from recon.priors.base import PriorResult
+from recon.priors.classical.config import ClassicalConfig
 from recon.priors.classical.dense import DenseConfig, dense_pointmaps
-from recon.priors.classical.sfm import SfMConfig, run_sfm
+from recon.priors.classical.sfm import run_sfm
 from recon.views import Views
-
-
-@dataclass
-class ClassicalConfig:
-    sfm: SfMConfig = field(default_factory=SfMConfig)
-    dense: DenseConfig = field(default_factory=DenseConfig)
 
 
 def depth_ranges(cameras: Cameras, points: torch.Tensor, margin: float = 0.25) -> torch.Tensor | None:

@@ -29,6 +29,7 @@ from scipy.spatial import cKDTree
 from recon.cameras import Cameras
 from recon.errors import ReconError
 from recon.priors.classical.bundle import bundle_adjust, project_points
+from recon.priors.classical.config import SfMConfig
 from recon.priors.classical.features import Features, detect_features, match_descriptors, pair_graph
 from recon.priors.classical.twoview import (
     TwoView,
@@ -41,71 +42,6 @@ from recon.priors.classical.twoview import (
     ray_angles_deg,
 )
 from recon.views import Views
-
-
-@dataclass
-class SfMConfig:
-    """Options of the classical structure-from-motion stage. Pixel thresholds are given for a 1000-pixel
-    long image side and scale with the image (never below ``min_thresh_px``)."""
-
-    max_features: int = 8192
-    """Plain SIFT keypoints kept per image (strongest first)."""
-    affine_features: int = 8192
-    """Extra keypoints from affine-simulated views (ASIFT) per image; used only for few views."""
-    affine_max_views: int = 8
-    """Use affine simulation when there are at most this many views (sparse captures are wide-baseline)."""
-    affine_max_tilt: int = 2
-    """Largest simulated tilt exponent k (tilt sqrt(2)^k)."""
-    ratio: float = 0.85
-    """Lowe ratio for descriptor matching (applied on top of mutual nearest neighbours)."""
-    thresh_px: float = 1.0
-    """RANSAC (MAGSAC++ maximum sigma) threshold in pixels at a 1000-pixel long side."""
-    min_thresh_px: float = 0.75
-    """Floor of the scaled RANSAC threshold (SIFT keypoints are not more precise than this)."""
-    reproj_factor: float = 4.0
-    """Triangulation / bundle-adjustment outlier threshold, in multiples of the RANSAC threshold."""
-    ransac_confidence: float = 0.9999
-    ransac_max_iters: int = 10000
-    min_inliers: int = 30
-    """Two-view inliers for a pair to count as overlapping (below it, matches are likely chance)."""
-    exhaustive_max: int = 15
-    """Match all pairs up to this many views; beyond, a sequential window plus retrieval graph."""
-    window: int = 5
-    retrieval_k: int = 5
-    fov_range_deg: tuple[float, float] = (15.0, 120.0)
-    """Field-of-view range (over the long side) of the focal self-calibration sweep."""
-    focal_sweep_pairs: int = 5
-    """Pairs (most inliers first) whose essential-matrix inliers are counted over a sweep of focals."""
-    focal_support: float = 0.95
-    """Focals whose mean relative inlier count reaches this fraction of the best are consistent with the
-    matches; a self-calibrated focal outside that set is rejected."""
-    min_tri_angle_deg: float = 1.0
-    """Points whose viewing rays meet at a smaller angle have unreliable depth and are not triangulated."""
-    init_angle_deg: float = 5.0
-    """Median triangulation angle at which an initial pair stops gaining score for its baseline."""
-    init_attempts: int = 3
-    """Initial pairs tried (best first) when one does not register every view."""
-    pnp_min_inliers: int = 15
-    min_scale_points: int = 3
-    """Points shared with the reconstruction needed to place a view from its essential matrix when PnP
-    has too few (only the baseline length is unknown then)."""
-    max_pair_rotation_change_deg: float = 10.0
-    """How far refining such a view on the shared points may rotate it away from the pair's estimate."""
-    ba_loss: str = "soft_l1"
-    """scipy.optimize.least_squares robust loss of bundle adjustment."""
-    ba_max_nfev: int = 40
-    refine_focal: bool = True
-    """Refine the shared focal in the final bundle adjustment (with >= 3 placed views)."""
-    guided_rounds: int = 2
-    """Rounds of guided matching once three or more views are placed: every matched pair of placed views
-    (including pairs that failed verification) is matched again along the epipolar lines of the current
-    cameras, and the model is re-triangulated and bundle-adjusted on the new tracks (0 disables)."""
-    guided_epipolar_factor: float = 3.0
-    """Guided matching accepts keypoints within this many RANSAC thresholds of the epipolar line."""
-    guided_depth_margin: float = 0.25
-    """Guided matches must triangulate within the depth range of the points found before them (1st-99th
-    percentile per view) widened by this fraction: a wrong match on repeated texture along the epipolar
-    line triangulates without error, but at a depth where the scene is not."""
 
 
 @dataclass
