@@ -45,12 +45,18 @@ class DemoArgs:
 
 @dataclass(kw_only=True)
 class EvalArgs(EvalConfig):
-    """Evaluate the pose-free pipeline on known-pose scenes with a sparse-view protocol."""
+    """Evaluate the pose-free pipeline on known-pose scenes with a sparse-view protocol.
+
+    Exit codes: 0 every scene was scored; 3 some scene failed (after every result is written; the failed
+    scenes count as registered 0 and AUC 0 and are listed); 2 a user error before anything ran (no scene,
+    an unusable split); 1 internal error. A rerun skips the scenes already done (--force redoes them).
+    """
 
     scenes: tyro.conf.Positional[list[Path]]
     """Scene folders (any supported dataset format with reference poses)."""
     out: Path = Path("outputs/eval")
-    """Output folder: results.json, results.md and one reconstruction folder per scene."""
+    """Output folder: results.json, results.md, report.html and one folder per scene (its reconstruction
+    and result.json)."""
 
 
 @dataclass
@@ -70,11 +76,18 @@ def _eval(args: EvalArgs) -> int:
 
     res = run_eval(args.scenes, args.out, args)
     m = res["mean"]
+    n = m["scenes"]
+    failed = [r for r in res["scenes"] if r.get("error")]
     psnr = "n/a" if m["psnr"] is None else f"{m['psnr']:.2f} dB"
-    auc15 = m["auc"].get("15", 0.0)
-    print(f"recon: {len(res['scenes'])} scenes, mean held-out PSNR {psnr}, AUC@15 {auc15:.3f}")
-    print(f"recon: results in {(Path(args.out) / 'results.md').resolve()}")
-    return 0
+    reused = f", {len(res['skipped'])} reused from an earlier run" if res.get("skipped") else ""
+    print(f"recon: {n} scenes ({len(failed)} failed{reused}): mean held-out PSNR {psnr} over "
+          f"{m['count']['psnr']} of {n} scenes, AUC@15 {m['auc']['15']:.3f} over all {n} "
+          "(a failed scene counts 0)")
+    for r in failed:
+        print(f"recon: {r['scene']} failed: {r['error']}", file=sys.stderr)
+    out = Path(args.out).resolve()
+    print(f"recon: results in {out / 'results.md'}, report in {out / 'report.html'}")
+    return 3 if failed else 0
 
 
 def _run(args: RunArgs) -> int:

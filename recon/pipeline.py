@@ -17,7 +17,7 @@ import torch
 from recon.cameras import Cameras
 from recon.config import ReconConfig
 from recon.errors import ReconError
-from recon.eval.metrics import pose_metrics
+from recon.eval.metrics import camera_pose_metrics
 from recon.eval.novel_view import align_reference_cameras, evaluate_test_views, score_views
 from recon.gaussians.init import init_from_prior
 from recon.optim.trainer import TrainState, render_images, train
@@ -146,10 +146,11 @@ def reconstruct(
         "timings": timings,
     }
     if views.cameras is not None and cfg.poses == "prior":
-        ref = views.cameras.subset(prior.cameras.names)
+        # Against every given view, as recon eval scores: views the prior could not place count as
+        # unregistered (180-degree errors), not left out.
         metrics["poses"] = {
-            "prior": pose_metrics(prior.cameras.w2c, ref.w2c),
-            "optimised": pose_metrics(result.cameras.w2c.cpu(), ref.w2c),
+            "prior": camera_pose_metrics(prior.cameras, views.cameras),
+            "optimised": camera_pose_metrics(result.cameras.to("cpu"), views.cameras),
         }
     return Reconstruction(
         cameras=result.cameras.to("cpu"),

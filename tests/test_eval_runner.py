@@ -5,30 +5,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from evaldata import tiny_config, tiny_dataset, write_dataset
 
+import recon.eval.runner as runner
+from recon.errors import ReconError
 from recon.eval.runner import EvalConfig, _refine_effect, _score, run_eval
-from recon.io.colmap import write_colmap_text
 from recon.optim.trainer import TrainConfig
 from recon.pipeline import ReconConfig, reconstruct
-from recon.synthetic import SceneConfig, make_scene, novel_cameras, save_views
+from recon.priors.base import PriorResult
+from recon.synthetic import SceneConfig, make_scene, novel_cameras
 from recon.views import Views
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 ROW_KEYS = {"scene", "views", "registered", "psnr", "ssim", "ate", "rre_deg", "rte_deg", "auc", "seconds"}
-
-
-def write_dataset(root: Path, scene) -> None:
-    """A synthetic scene as a COLMAP dataset (images/ + sparse/0 text model)."""
-    save_views(scene.views, root / "images")
-    pts = scene.pointmaps(scene.views.cameras)[:, ::8, ::8].reshape(-1, 3).numpy()
-    rgb = (scene.views.images[:, ::8, ::8].reshape(-1, 3).numpy() * 255).astype(np.uint8)
-    write_colmap_text(root / "sparse" / "0", scene.views.cameras, pts, rgb)
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +76,36 @@ def test_refine_effect_scores_the_scene_before_a_stage_that_changed_it():
     assert e["without"]["psnr"] < row["psnr"] - 1.0  # jittered Gaussians render worse
     assert math.isclose(e["delta"]["psnr"], row["psnr"] - e["without"]["psnr"])
     assert "skipped" in eff["diffusion"]
+
+
+def test_a_held_out_failure_keeps_the_reconstructions_pose_metrics(tmp_path, monkeypatch):
+    """A scene that fails after its reconstruction is a failed scene, but its pose metrics are kept."""
+    def fail(*args, **kwargs):
+        raise ReconError("held-out scoring failed")
+
+    monkeypatch.setattr(runner, "evaluate_held_out", fail)
+    data = tiny_dataset(tmp_path / "room")
+    row = runner.evaluate_scene(data, tmp_path / "out", tiny_config())
+    assert row["error"] == "held-out scoring failed"
+    assert row["registered"] == 3 and row["rre_deg"] < 15.0  # measured 2.1 deg
+    assert row["auc"]["30"] > 0.5 and row["timings"]["prior"] > 0
+    assert "psnr" not in row
+
+
+def test_recon_run_on_a_dataset_counts_views_the_prior_did_not_place():
+    """`recon run --poses prior` on a dataset scores every given view, as recon eval does: a view the
+    prior could not place is unregistered (its pairs count 180 degrees), not left out."""
+    small = make_scene(SceneConfig(n_views=4, width=64, height=48, seed=0))
+    full = small.prior_result(stride=2)
+    keep = [0, 1, 2]
+    prior = PriorResult(
+        cameras=full.cameras.subset(keep), pointmaps=full.pointmaps[keep], conf=full.conf[keep],
+        colors=full.colors[keep], depth=full.depth[keep], failed={"view_003.png": "too few matches"},
+    )
+    cfg = ReconConfig(poses="prior", train=TrainConfig(iters=20, sh_degree=0))
+    recon = reconstruct(small.views, cfg, prior=prior, progress=False)
+    for stage in ("prior", "optimised"):
+        m = recon.metrics["poses"][stage]
+        assert m["n_views"] == 4 and m["n_registered"] == 3 and m["n_pairs"] == 6
+        assert m["rre_deg"] >= 3 * 180.0 / 6  # the 3 pairs with view_003 count 180 degrees
+        assert m["auc"]["30"] <= 0.5 + 1e-9
