@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -248,9 +250,12 @@ def _check_split(scene: Path, cfg: EvalConfig) -> None:
 
 
 def _scene_task(scene: Path, out: Path, cfg: EvalConfig) -> dict:
-    """One scene on a Ray worker, with as many torch threads as the CPUs Ray reserved for it."""
+    """One scene on a Ray worker, with as many torch threads as the CPUs Ray reserved for it; the row
+    records which worker ran it (``worker``: host and process id)."""
     torch.set_num_threads(max(1, int(cfg.ray_cpus)))
-    return evaluate_scene(scene, out, cfg)
+    row = evaluate_scene(scene, out, cfg)
+    row["worker"] = {"host": socket.gethostname(), "pid": os.getpid()}
+    return row
 
 
 def gather_ray(tasks: dict, finished: Callable[[Path, dict], None]) -> None:
