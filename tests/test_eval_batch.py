@@ -19,6 +19,7 @@ from evaldata import TINY_CLI, posefree_folder, tiny_dataset
 import recon.eval.runner as runner
 from recon.cli import main
 from recon.eval.config import EvalConfig
+from recon.eval.report import camera_plot_svg, markdown_table, mean_row
 from recon.synthetic import SceneConfig, make_scene, save_views
 from viewer.browser import HeadlessBrowser, find_chromium
 
@@ -217,3 +218,30 @@ def test_results_to_readme_prints_or_replaces_the_marked_table(batch, tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 2 and "results-table:start" in p.stderr
     assert no_markers.read_text() == "nothing here\n"
+
+
+def test_mean_row_counts_failures_and_says_over_how_many_scenes():
+    ok = {"scene": "a", "views": 3, "registered": 3, "psnr": 20.0, "ssim": 0.5, "ate": None, "rre_deg": 2.0,
+          "rte_deg": 4.0, "auc": {"5": 0.5, "15": 1.0, "30": 1.0}, "seconds": 10.0}
+    ok3 = dict(ok, scene="b", ate=0.01, psnr=30.0)
+    failed = {"scene": "c", "views": 3, "registered": 0, "auc": {"5": 0.0, "15": 0.0, "30": 0.0},
+              "seconds": 1.0, "error": "no reference poses"}
+    m = mean_row([ok, ok3, failed])
+    assert m["scenes"] == 3 and m["failed"] == 1
+    assert m["psnr"] == pytest.approx(25.0) and m["count"]["psnr"] == 2
+    assert m["ate"] == pytest.approx(0.01) and m["count"]["ate"] == 1  # ATE n/a for scene a
+    assert m["registered"] == pytest.approx(2.0) and m["auc"]["15"] == pytest.approx(2 / 3)
+    md = markdown_table([ok, ok3, failed], m)
+    assert "| 25.00 (2 of 3) |" in md and "| 0.0100 (1 of 3) |" in md and "| 0.667 |" in md
+    assert "| a | 3 | 3 | 20.00 | 0.500 | n/a |" in md
+
+
+def test_camera_plot_marks_views_that_were_not_placed():
+    centers = {"names": ["a.png", "b.png", "c.png"], "reference": [[0, 0, 0], [1, 0, 0], [2, 0, 0.5]],
+               "estimated": [[0.1, 0, 0], None, [2, 0.1, 0.5]], "up": [0, 0, 1]}
+    svg = camera_plot_svg(centers)
+    assert svg.count('class="reference"') == 2 and svg.count('class="estimated"') == 2
+    assert "b: not placed" in svg
+    # nothing placed, no usable up direction: still a plot of the reference centres
+    svg = camera_plot_svg({"reference": [[0, 0, 0], [0, 0, 0]], "estimated": [None, None], "up": None})
+    assert svg.startswith("<svg") and svg.count(": not placed</title>") == 2
