@@ -185,12 +185,14 @@ def test_report_html_is_self_contained_and_its_images_load_in_chromium(batch):
         svg = browser.evaluate("[document.querySelectorAll('#scene-room svg circle.reference').length, "
                                "document.querySelectorAll('#scene-room svg circle.estimated').length]")
         headings = browser.evaluate("[...document.querySelectorAll('h2, h3')].map(h => h.textContent)")
+        timings = browser.evaluate("document.querySelector('#scene-room table.timings').innerText")
         summary = browser.evaluate("document.querySelector('table').innerText")
     assert len(images) == 3 * n_test  # render, photo and error map of each held-out view
     assert all(complete and width > 0 for complete, width, _ in images), images
     assert {alt.split()[-1] for _, _, alt in images} == {"render", "photo", "error"}
     assert svg == [3, 3]  # the 3 training cameras, reference and aligned estimate
     assert "Stage timings" in headings and "room" in headings and "nopose" in headings
+    assert "prior" in timings and "train" in timings and "held_out" in timings
     assert "mean (2 scenes, 1 failed)" in summary
 
 

@@ -340,17 +340,25 @@ def _html_table(rows: list[dict], mean: dict | None, columns: tuple[Column, ...]
     return "".join(out) + "</table>"
 
 
+def stage_seconds(timing) -> float | None:
+    """Wall seconds of one stage timing: a number, or a stage log entry {"wall_s", "cpu_s", "peak_mib"}."""
+    return _number(timing.get("wall_s") if isinstance(timing, dict) else timing)
+
+
 def _timings_html(timings: dict) -> str:
-    stages = {k: float(v) for k, v in timings.items() if _number(v) is not None}
+    stages = {k: (stage_seconds(v), v if isinstance(v, dict) else {}) for k, v in timings.items()}
+    stages = {k: v for k, v in stages.items() if v[0] is not None}
     if not stages:
         return "<p>no stage timings recorded</p>"
-    top = max(stages.values()) or 1.0
+    top = max(wall for wall, _ in stages.values()) or 1.0
     rows = "".join(
-        f'<tr><td>{html.escape(k)}</td><td>{v:.1f}</td><td style="text-align:left">'
-        f'<span class="bar" style="width:{200 * v / top:.0f}px"></span></td></tr>'
-        for k, v in stages.items()
+        f"<tr><td>{html.escape(k)}</td><td>{wall:.1f}</td><td>{_fmt(_number(e.get('cpu_s')), 1)}</td>"
+        f"<td>{_fmt(_number(e.get('peak_mib')), 0)}</td><td style=\"text-align:left\">"
+        f'<span class="bar" style="width:{200 * wall / top:.0f}px"></span></td></tr>'
+        for k, (wall, e) in stages.items()
     )
-    return f"<table><tr><th>stage</th><th>s</th><th></th></tr>{rows}</table>"
+    return (f'<table class="timings"><tr><th>stage</th><th>wall s</th><th>CPU s</th><th>peak MiB</th>'
+            f"<th></th></tr>{rows}</table>")
 
 
 def _scene_html(row: dict, out: Path) -> str:
