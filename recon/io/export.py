@@ -5,6 +5,7 @@ Layout::
     OUT/point_cloud.ply          3DGS PLY of the optimised Gaussians
     OUT/cameras.json             final and initial cameras (K, w2c, sizes, names)
     OUT/sparse/0/*.txt           COLMAP text model of the final cameras (+ Gaussian centres as points)
+    OUT/images/                  the training images as fitted (PNG, <stem>.png; exports read them)
     OUT/renders/{train,test}/    renders of the training / held-out views (PNG), side by side with GT
     OUT/metrics.json             metrics (train/test PSNR, SSIM, pose errors, timings, stage info)
     OUT/config.json              the resolved configuration of the run
@@ -49,6 +50,11 @@ def to_jsonable(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
+
+
+def png_name(name: str) -> str:
+    """The file name an image called ``name`` gets in an output folder: its stem + ``.png``."""
+    return Path(name).stem + ".png"
 
 
 def save_png(path: Path, image: torch.Tensor | np.ndarray) -> None:
@@ -99,6 +105,8 @@ def write_outputs(
     save_ply(out / "point_cloud.ply", g)
     save_cameras_json(out / "cameras.json", recon.cameras, recon.initial_cameras)
     write_colmap_model(out / "sparse" / "0", recon.cameras, g.means, sh0_to_rgb(g.sh0[:, 0]))
+    for name, image in zip(recon.views.names, recon.views.images, strict=True):
+        save_png(out / "images" / png_name(name), image)
     for split, (names, imgs, gts) in (renders or {}).items():
         save_renders(out / "renders" / split, names, imgs, gts)
     atomic_write_json(out / "metrics.json", to_jsonable(recon.metrics))
