@@ -14,12 +14,12 @@ from recon.optim.pose import fit_poses
 from recon.optim.trainer import render_images
 
 
-def align_reference_cameras(est: Cameras, ref: Cameras, others: Cameras) -> Cameras:
-    """Express reference-frame cameras ``others`` in the frame of the estimated cameras ``est``.
+def reference_to_estimate(est: Cameras, ref: Cameras) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The similarity (s, R, t), float64, mapping the reference world to the estimated one (X_est = s R X_ref
+    + t), fitted on matching cameras (same order in ``est`` and ``ref``).
 
-    The similarity reference -> estimate is fitted on matching cameras (same order in ``est`` and ``ref``)
-    with Umeyama on their centres and on a point one baseline along each optical axis, so that the
-    rotation is well determined even for 2-3 nearly collinear cameras.
+    Umeyama on their centres and on a point one baseline along each optical axis, so that the rotation is
+    well determined even for 2-3 nearly collinear cameras.
     """
     def anchors(w2c: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
         centers = camera_centers(w2c)
@@ -30,7 +30,13 @@ def align_reference_cameras(est: Cameras, ref: Cameras, others: Cameras) -> Came
     est_c = camera_centers(est.w2c.double())
     ref_len = (ref_c - ref_c.mean(0)).norm(dim=1).mean().clamp_min(1e-6)
     est_len = (est_c - est_c.mean(0)).norm(dim=1).mean().clamp_min(1e-6)
-    s, R, t = umeyama(anchors(ref.w2c.double(), ref_len), anchors(est.w2c.double(), est_len))
+    return umeyama(anchors(ref.w2c.double(), ref_len), anchors(est.w2c.double(), est_len))
+
+
+def align_reference_cameras(est: Cameras, ref: Cameras, others: Cameras) -> Cameras:
+    """Express reference-frame cameras ``others`` in the frame of the estimated cameras ``est``, with the
+    similarity of :func:`reference_to_estimate` fitted on the matching cameras ``est`` / ``ref``."""
+    s, R, t = reference_to_estimate(est, ref)
     w2c = sim3_transform_w2c(others.w2c.double(), s, R, t).float()
     return others.with_w2c(w2c)
 
