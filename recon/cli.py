@@ -92,7 +92,10 @@ def _eval(args: EvalArgs) -> int:
 
 def _run(args: RunArgs) -> int:
     from recon.pipeline import run
+    from recon.progress import StageLog
 
+    log = StageLog()
+    log.add_startup()
     callback, viewer = None, None
     if args.viewer:
         from viewer.live import LiveViewer  # imported only when asked for
@@ -100,7 +103,7 @@ def _run(args: RunArgs) -> int:
         viewer = LiveViewer(port=args.port)
         callback = viewer.callback
     try:
-        recon = run(args.path, args.out, args, resume=args.resume, callback=callback)
+        recon = run(args.path, args.out, args, resume=args.resume, callback=callback, log=log)
     finally:
         if viewer is not None:
             viewer.close()

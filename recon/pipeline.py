@@ -23,6 +23,7 @@ from recon.gaussians.init import init_from_prior
 from recon.optim.trainer import TrainState, render_images, train
 from recon.priors.base import PriorResult
 from recon.priors.factory import dense_prior_for_cameras, make_prior
+from recon.progress import StageLog
 from recon.reconstruction import Reconstruction
 from recon.refine.stages import refine
 from recon.views import Views
@@ -47,8 +48,30 @@ def split_views(views: Views, test_every: int) -> tuple[Views, Views | None]:
     return views.subset(train_ids), views.subset(test)
 
 
-def estimate_geometry(views: Views, cfg: ReconConfig, device: torch.device) -> PriorResult:
-    """Cameras and point maps of the training views: from the prior, or the dataset's poses + dense stereo."""
+def estimate_geometry(
+    views: Views, cfg: ReconConfig, device: torch.device, log: StageLog | None = None
+) -> PriorResult:
+    """Cameras and point maps of the training views: from the prior, or the dataset's poses + dense stereo.
+
+    Timed as stage "prior" in ``log``, with the prior's own sub-stages (``info["timings"]``, wall seconds)
+    recorded beside it as "prior: <sub-stage>"."""
+    log = log if log is not None else StageLog(verbose=False)
+    with log.stage("prior"):
+        result = _estimate_geometry(views, cfg, device)
+    for name, wall in _prior_substages(result.info).items():
+        log.add(f"prior: {name}", wall, None)
+    return result
+
+
+def _prior_substages(info: dict) -> dict[str, float]:
+    t = (info.get("sfm") or {}).get("timings") or {}
+    out = {k[: -len("_s")]: float(v) for k, v in t.items() if k.endswith("_s") and k != "total_s"}
+    if "dense_s" in info:
+        out["dense"] = float(info["dense_s"])
+    return out
+
+
+def _estimate_geometry(views: Views, cfg: ReconConfig, device: torch.device) -> PriorResult:
     if cfg.poses == "dataset":
         if views.cameras is None:
             raise ReconError(
@@ -76,6 +99,7 @@ def reconstruct(
     resume: bool = False,
     callback: Callable[[TrainState], None] | None = None,
     progress: bool = True,
+    log: StageLog | None = None,
 ) -> Reconstruction:
     """Reconstruct Gaussians and cameras from ``views`` (the training images).
 
@@ -85,39 +109,31 @@ def reconstruct(
         prior: a precomputed geometry prior (skips that stage, e.g. when resuming).
         ckpt_dir: where the trainer keeps its checkpoints; ``resume`` continues from them.
         callback: called by the trainer with its state every few steps (the live viewer).
+        progress: show progress (bars on a terminal, else a line per stage and every ~10% of training).
+        log: where stage timings go (``metrics["timings"]``); a new one when None.
     """
     cfg = cfg or ReconConfig()
     device = resolve_device(cfg.device)
+    log = log if log is not None else StageLog(verbose=progress)
     if len(views) < 2:
         raise ReconError(f"need at least 2 views to reconstruct, got {len(views)}")
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
     if prior is None:
-        prior = estimate_geometry(views, cfg, device)
-        timings["prior"] = time.perf_counter() - t0
+        prior = estimate_geometry(views, cfg, device, log)
     if len(prior.cameras) < 2:
         reasons = "; ".join(f"{k}: {v}" for k, v in prior.failed.items())
         raise ReconError(f"could place only {len(prior.cameras)} of {len(views)} views ({reasons})")
     train_views = _training_views(views, prior)
 
-    t1 = time.perf_counter()
-    gaussians, init_stats = init_from_prior(prior, cfg.init)
-    timings["init"] = time.perf_counter() - t1
+    with log.stage("init"):
+        gaussians, init_stats = init_from_prior(prior, cfg.init)
 
     # Dataset poses are the reference frame of held-out views too: keep them fixed.
     train_cfg = dataclasses.replace(cfg.train, optimize_poses=False) if cfg.poses == "dataset" else cfg.train
-    t2 = time.perf_counter()
-    result = train(
-        gaussians.to(device),
-        prior.cameras.to(device),
-        train_views.images.to(device),
-        train_cfg,
-        ckpt_dir=ckpt_dir,
-        resume=resume,
-        callback=callback,
-        progress=progress,
-    )
-    timings["train"] = time.perf_counter() - t2
+    with log.stage("train"):
+        result = train(
+            gaussians.to(device), prior.cameras.to(device), train_views.images.to(device), train_cfg,
+            ckpt_dir=ckpt_dir, resume=resume, callback=callback, progress=progress,
+        )
 
     rcfg = cfg.refine
     if cfg.diffusion_model is not None:
@@ -125,17 +141,16 @@ def reconstruct(
         rcfg = dataclasses.replace(rcfg, diffusion=diffusion)
     if cfg.poses == "dataset":  # dataset poses define the held-out views' frame: never move them
         rcfg = dataclasses.replace(rcfg, poses=dataclasses.replace(rcfg.poses, enabled=False))
-    t3 = time.perf_counter()
-    refined = refine(
-        result.gaussians, result.cameras, train_views.images.to(device), rcfg, train_cfg,
-        prior=prior, init_cfg=cfg.init, extent=result.scene_extent, progress=progress, callback=callback,
-    )
+    with log.stage("refine"):
+        refined = refine(
+            result.gaussians, result.cameras, train_views.images.to(device), rcfg, train_cfg,
+            prior=prior, init_cfg=cfg.init, extent=result.scene_extent, progress=progress, callback=callback,
+        )
     result = dataclasses.replace(result, gaussians=refined.gaussians, cameras=refined.cameras)
-    timings["refine"] = time.perf_counter() - t3
 
-    with torch.no_grad():
+    with log.stage("render training views"), torch.no_grad():
         renders = render_images(result.gaussians, result.cameras, cfg.train.background)
-    train_scores = score_views(renders.cpu(), train_views.images, train_views.names)
+        train_scores = score_views(renders.cpu(), train_views.images, train_views.names)
     metrics: dict = {
         "train": {"psnr": train_scores.psnr, "ssim": train_scores.ssim},
         "views": {"total": len(views), "registered": len(prior.cameras), "failed": prior.failed},
@@ -143,7 +158,7 @@ def reconstruct(
         "init": init_stats,
         "refine": refined.metrics,
         "prior": prior.info,
-        "timings": timings,
+        "timings": log.as_dict(),
     }
     if views.cameras is not None and cfg.poses == "prior":
         # Against every given view, as recon eval scores: views the prior could not place count as
@@ -196,19 +211,23 @@ def run(
     resume: bool = False,
     callback: Callable[[TrainState], None] | None = None,
     progress: bool = True,
+    log: StageLog | None = None,
 ) -> Reconstruction:
     """Load ``path`` (an image folder or dataset, or ready ``Views``), reconstruct, evaluate held-out views,
     and write every output into ``out``. With ``resume`` a cached prior and trainer checkpoint are reused.
 
     Held-out views are every ``cfg.test_every``-th input view, or ``test_views`` when given (they need
     reference cameras in the same frame as the training views' references)."""
+    from recon.io.atomic import atomic_write_json
     from recon.io.datasets import load_views
-    from recon.io.export import write_outputs
+    from recon.io.export import to_jsonable, write_outputs
     from recon.io.prior_cache import load_prior, save_prior
 
     cfg = cfg or ReconConfig()
     t0 = time.perf_counter()
-    views = path if isinstance(path, Views) else load_views(Path(path), max_side=cfg.max_side)
+    log = log if log is not None else StageLog(verbose=progress)
+    with log.stage("load"):
+        views = path if isinstance(path, Views) else load_views(Path(path), max_side=cfg.max_side)
     if test_views is None:
         train_views, test_views = split_views(views, cfg.test_every)
     else:
@@ -217,25 +236,27 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache" / "prior.safetensors"
     prior = load_prior(cache) if resume and cache.is_file() else None
-    t_prior = time.perf_counter()
     if prior is None:
-        prior = estimate_geometry(train_views, cfg, resolve_device(cfg.device))
+        prior = estimate_geometry(train_views, cfg, resolve_device(cfg.device), log)
         save_prior(cache, prior)
-    t_prior = time.perf_counter() - t_prior
     recon = reconstruct(
         train_views, cfg, prior=prior, ckpt_dir=out / "checkpoints", resume=resume, callback=callback,
-        progress=progress,
+        progress=progress, log=log,
     )
-    recon.metrics["timings"]["prior"] = t_prior
     with torch.no_grad():
         train_renders = render_images(recon.gaussians, recon.cameras, cfg.train.background)
     renders = {"train": (recon.views.names, train_renders, recon.views.images)}
     if test_views is not None:
         ref_train = None if train_views.cameras is None else train_views.cameras.subset(recon.cameras.names)
-        recon.metrics["test"], test_renders = evaluate_held_out(recon, test_views, cfg, ref_train)
+        with log.stage("held-out pose fitting and scoring"):
+            recon.metrics["test"], test_renders = evaluate_held_out(recon, test_views, cfg, ref_train)
         renders["test"] = (test_views.names, test_renders, test_views.images)
-    recon.metrics["seconds"] = time.perf_counter() - t0
     recon.metrics["input"] = {"path": str(views.root), "format": views.source, "size": list(views.size)}
-    write_outputs(recon, out, config=cfg, renders=renders)
+    with log.stage("export"):
+        write_outputs(recon, out, config=cfg, renders=renders)
+    # metrics.json again, now with the export's own time and the total
+    recon.metrics["timings"] = log.as_dict()
+    recon.metrics["seconds"] = time.perf_counter() - t0
+    atomic_write_json(out / "metrics.json", to_jsonable(recon.metrics))
     return recon
 

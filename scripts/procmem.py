@@ -1,29 +1,8 @@
-"""Process memory readings for the benchmark scripts (Linux /proc; None / False elsewhere).
-
-Peak resident memory is measured by resetting the kernel's high-water mark (VmHWM) before a stage and
-reading it after, so each stage's peak is its own.
-"""
+"""Process memory readings for the benchmark scripts: re-exported from :mod:`recon.progress` (their one
+home), so that scripts run from a checkout keep their short import."""
 
 from __future__ import annotations
 
+from recon.progress import mem_kib, reset_peak
 
-def mem_kib(field: str) -> int | None:
-    """A /proc/self/status field in KiB (e.g. "VmRSS", "VmHWM"), or None where unavailable."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def reset_peak() -> bool:
-    """Reset VmHWM to the current RSS; False where the kernel does not allow it."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+__all__ = ["mem_kib", "reset_peak"]

@@ -15,6 +15,15 @@ from recon.io.colmap import write_colmap_text
 from recon.synthetic import SceneConfig, make_scene, save_views
 
 
+def _error_lines(err: str) -> list[str]:
+    """stderr without the progress lines (a plain "recon: <stage> done in X s" per finished stage), which
+    must all come before the error: the error is the one and last line."""
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    progress = [ln for ln in lines if " done in " in ln and ln.endswith(" s")]
+    assert lines[: len(progress)] == progress, err
+    return lines[len(progress):]
+
+
 def _run_cli(args: list[str], capsys) -> tuple[int, str]:
     rc = main(args)
     err = capsys.readouterr().err
@@ -58,7 +67,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, Path]:
 def test_bad_input_is_one_line_and_exit_2(bad_inputs, case, needle, tmp_path, capsys):
     rc, err = _run_cli(["run", str(bad_inputs[case]), "--out", str(tmp_path / "out"), "--iters", "1"], capsys)
     assert rc == 2
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    lines = _error_lines(err)
     assert len(lines) == 1 and lines[0].startswith("recon: error:"), err
     assert needle in lines[0]
     assert "Traceback" not in err
@@ -116,6 +125,6 @@ def test_photos_that_share_nothing_are_named_and_exit_2(tmp_path, capsys):
         cv2.imwrite(str(folder / name), texture)
     rc, err = _run_cli(["run", str(folder), "--out", str(tmp_path / "o"), "--iters", "1"], capsys)
     assert rc == 2
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    lines = _error_lines(err)
     assert len(lines) == 1 and "Traceback" not in err, err
     assert "wall.png" in lines[0] and "sky.png" in lines[0] and "share no" in lines[0]

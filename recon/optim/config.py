@@ -62,6 +62,8 @@ class TrainConfig:
     """Maximum spherical-harmonic degree of the colours."""
     sh_increase_every: int = 200
     """Raise the active SH degree by one every this many steps (0: use ``sh_degree`` from the start)."""
+    optimize_gaussians: bool = True
+    """Optimise the Gaussians (off: they are frozen and only the poses move, e.g. fitting held-out views)."""
     optimize_poses: bool = True
     """Refine the camera poses jointly with the Gaussians."""
     pose_lr: float = 1e-3
@@ -91,6 +93,22 @@ class TrainConfig:
     """Densification schedule and thresholds."""
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Background colour behind the Gaussians (RGB in [0, 1])."""
+    coarse_levels: int = 2
+    """Coarse-to-fine: the first ``coarse_fraction`` of the steps render images downsampled by 2^k,
+    k = coarse_levels .. 1 (equal shares, coarsest first), the rest at full resolution. A step at half
+    resolution costs about a quarter, and the low-frequency fit it starts with is what the early steps
+    achieve anyway (0: always full resolution)."""
+    coarse_fraction: float = 0.5
+    """Share of the steps spent at the coarse levels."""
+    coarse_min_side: int = 128
+    """Coarse levels whose long side would fall below this many pixels are skipped (too little left to
+    fit; small images train at full resolution throughout)."""
+    crop_until: float = 0.0
+    """After the coarse levels and until this share of the steps, each step renders a random window of
+    the full-resolution images (``crop_scale`` of each side) instead of the whole images: full-resolution
+    detail at the cost of a coarse step; the steps after it see whole images (0: no crops)."""
+    crop_scale: float = 0.5
+    """Side of the random window as a fraction of the image side."""
     batch_size: int = 1
     """Views rendered per step (random order without replacement, reshuffled every epoch)."""
     scene_extent: float = 0.0

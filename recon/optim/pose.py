@@ -1,9 +1,10 @@
 """Pose-only fitting against frozen Gaussians: registers held-out views for evaluation (InstantSplat's
 test-pose optimisation) and re-fits outlier poses.
 
-All cameras are optimised at once: each step renders the whole batch in one rasteriser call. The
-parameterisation is the trainer's (left-multiplied se(3) deltas on w2c, translation in units of the scene
-extent), so the learning rate means the same in every scene.
+A configuration of the one training loop (:func:`recon.optim.trainer.train` with the Gaussians frozen):
+all cameras are optimised at once, each step renders the whole batch in one rasteriser call, coarse to
+fine. The parameterisation is the trainer's (left-multiplied se(3) deltas on w2c, translation in units of
+the scene extent), so the learning rate means the same in every scene.
 """
 
 from __future__ import annotations
@@ -13,10 +14,9 @@ import torch
 from recon.cameras import Cameras
 from recon.errors import ReconError
 from recon.gaussians import Gaussians
+from recon.optim.config import TrainConfig
 from recon.optim.losses import photometric_loss
-from recon.optim.schedules import exp_decay
-from recon.optim.trainer import apply_pose_deltas, background_tensor, scene_extent
-from recon.render import rasterize
+from recon.optim.trainer import render_images, scene_extent, train
 
 Tensor = torch.Tensor
 
@@ -35,6 +35,9 @@ def fit_poses(
     sh_degree: int | None = None,
     return_losses: bool = False,
     max_batch: int = 8,
+    coarse_levels: int = 2,
+    coarse_fraction: float = 0.8,
+    coarse_min_side: int = 128,
 ) -> Cameras | tuple[Cameras, Tensor]:
     """Refine the w2c of ``cameras`` so that the frozen ``gaussians`` render like ``images``.
 
@@ -50,9 +53,14 @@ def fit_poses(
             the Gaussians).
         return_losses: also return the final per-camera photometric loss (C,), e.g. to flag failures.
         max_batch: cameras rendered together per step; more are fitted in consecutive chunks.
+        coarse_levels, coarse_fraction, coarse_min_side: coarse-to-fine schedule (see ``TrainConfig``):
+            a step on low-resolution images is cheap and its pose gradient smooth; the last steps at full
+            resolution settle the pose to the pixel.
 
     Returns cameras with refined w2c (same K, sizes, names), and optionally the losses.
     """
+    if len(cameras) == 0:  # nothing to fit (e.g. an empty test split)
+        return (cameras, torch.zeros(0)) if return_losses else cameras
     if images.dim() != 4 or images.shape[0] != len(cameras) or images.shape[-1] != 3:
         got = tuple(images.shape)
         raise ReconError(f"fit_poses needs (C, H, W, 3) images for {len(cameras)} cameras, got {got}")
@@ -63,43 +71,26 @@ def fit_poses(
     if len(cameras) > max_batch:  # independent problems: fit them in chunks to bound memory
         chunks = [list(range(i, min(i + max_batch, len(cameras)))) for i in range(0, len(cameras), max_batch)]
         kw = dict(ssim_lambda=ssim_lambda, background=background, extent=ext, sh_degree=sh_degree,
-                  return_losses=True, max_batch=max_batch)
+                  return_losses=True, max_batch=max_batch, coarse_levels=coarse_levels,
+                  coarse_fraction=coarse_fraction, coarse_min_side=coarse_min_side)
         parts = [fit_poses(gaussians, cameras.subset(c), images[c], iters, lr, lr_final, **kw)
                  for c in chunks]
         merged = Cameras.cat([p[0] for p in parts])
         return (merged, torch.cat([p[1] for p in parts])) if return_losses else merged
+    cfg = TrainConfig(
+        iters=iters, optimize_gaussians=False, pose_lr=lr, pose_lr_final=lr_final, ssim_lambda=ssim_lambda,
+        sh_degree=gaussians.sh_degree if sh_degree is None else sh_degree, sh_increase_every=0,
+        batch_size=len(cameras), scene_extent=ext, coarse_levels=coarse_levels,
+        coarse_fraction=coarse_fraction, coarse_min_side=coarse_min_side, checkpoint_every=0,
+        callback_every=0, log_every=max(iters, 1), background=background,
+    )
     device = gaussians.means.device
+    fitted = train(gaussians.detach(), cameras, images.to(device), cfg, progress=False).cameras
+    result = fitted.to(cameras.w2c.device)
+    if not return_losses:
+        return result
     with torch.no_grad():
-        a = gaussians.detach().activated()
-    degree = gaussians.sh_degree if sh_degree is None else sh_degree
-    target = images.to(device=device, dtype=torch.float32)
-    K = cameras.K.to(device=device, dtype=torch.float32)
-    w2c_ref = cameras.w2c.to(device=device, dtype=torch.float32)
-    C = len(cameras)
-    bg = background_tensor(background, device)
-    bg = None if bg is None else bg.expand(C, 3)
-    delta = torch.zeros(C, 6, device=device, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=lr)
-
-    def render(w2c: Tensor) -> Tensor:
-        out = rasterize(a["means"], a["quats"], a["scales"], a["opacities"], a["sh"], w2c, K, W, H,
-                        sh_degree=degree, background=bg)
-        return out.rgb[..., :3]
-
-    for step in range(iters):
-        for group in opt.param_groups:
-            group["lr"] = exp_decay(step, iters, lr, lr_final)
-        rgb = render(apply_pose_deltas(w2c_ref, delta, ext))
-        # Sum of per-camera losses: each camera's gradient is independent of the batch size.
-        loss = sum(photometric_loss(rgb[c], target[c], ssim_lambda) for c in range(C))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        w2c = apply_pose_deltas(w2c_ref, delta, ext)
-        result = cameras.with_w2c(w2c.to(cameras.w2c.device))
-        if not return_losses:
-            return result
-        rgb = render(w2c)
-        losses = torch.stack([photometric_loss(rgb[c], target[c], ssim_lambda) for c in range(C)])
+        rgb = render_images(gaussians, fitted.to(device), background)
+        target = images.to(device=device, dtype=torch.float32)
+        losses = torch.stack([photometric_loss(rgb[c], target[c], ssim_lambda) for c in range(len(cameras))])
     return result, losses.cpu()

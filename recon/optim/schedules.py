@@ -26,3 +26,14 @@ def sh_degree_at(step: int, max_degree: int, every: int) -> int:
     if every <= 0:
         return max_degree
     return min(max_degree, step // every)
+
+
+def resolution_level(step: int, total: int, levels: int, fraction: float) -> int:
+    """Coarse-to-fine downsampling exponent k at ``step`` (images at 1/2^k): ``levels`` equal shares of the
+    first ``fraction`` of ``total`` steps count down from ``levels`` to 1, then 0 (full resolution)."""
+    if levels <= 0 or fraction <= 0 or total <= 0:
+        return 0
+    coarse_steps = fraction * total
+    if step >= coarse_steps:
+        return 0
+    return levels - int(step * levels // coarse_steps)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+import torch.nn.functional as F
 
 from recon.cameras import Cameras, camera_centers, se3_exp
 from recon.errors import ReconError
@@ -31,8 +31,9 @@ from recon.gaussians import Gaussians, num_sh_bases
 from recon.optim.checkpoint import load_checkpoint, save_checkpoint
 from recon.optim.config import TrainConfig
 from recon.optim.losses import pearson_depth_loss, photometric_loss
-from recon.optim.schedules import exp_decay, sh_degree_at
+from recon.optim.schedules import exp_decay, resolution_level, sh_degree_at
 from recon.optim.strategy import DensifyStrategy
+from recon.progress import StepReporter
 from recon.render import rasterize, render_gaussians
 
 Tensor = torch.Tensor
@@ -163,6 +164,52 @@ def _pad_sh(shN: Tensor, degree: int) -> Tensor:
     return torch.cat([shN, shN.new_zeros(shN.shape[0], k - shN.shape[1], 3)], dim=1)
 
 
+@dataclass
+class _Level:
+    """The training images and intrinsics at one resolution of the coarse-to-fine pyramid."""
+
+    images: Tensor  # (N, h, w, 3)
+    K: Tensor  # (N, 3, 3) for the (w, h) images
+    width: int
+    height: int
+    depths: Tensor | None  # (N, h, w) or None
+
+
+def image_pyramid(
+    images: Tensor, K: Tensor, levels: int, depths: Tensor | None = None, min_side: int = 1
+) -> list[_Level]:
+    """Level k (0 = the input) holds the images area-averaged to round(size / 2^k) and K scaled to match
+    (with the pixel-corner origin of CONVENTIONS, focal and principal point scale alike), for k up to
+    ``levels`` while the long side stays >= ``min_side``. Depths, when given, are subsampled (nearest), so
+    no depth is invented at a depth edge."""
+    H, W = int(images.shape[1]), int(images.shape[2])
+    out = [_Level(images, K, W, H, depths)]
+    for k in range(1, levels + 1):
+        h, w = max(1, round(H / 2**k)), max(1, round(W / 2**k))
+        if max(h, w) < min_side:
+            break
+        imgs = F.interpolate(images.permute(0, 3, 1, 2), size=(h, w), mode="area").permute(0, 2, 3, 1)
+        S = torch.diag(K.new_tensor([w / W, h / H, 1.0]))
+        d = None if depths is None else F.interpolate(depths[:, None], size=(h, w), mode="nearest")[:, 0]
+        out.append(_Level(imgs.contiguous(), S @ K, w, h, d))
+    return out
+
+
+def _random_crop(level: _Level, scale: float, gen: torch.Generator) -> _Level:
+    """A random window of ``scale`` times each side of ``level``'s images (the same for every view), with
+    the principal point moved to the window's corner so that it renders as that part of the image."""
+    cw, ch = max(1, round(level.width * scale)), max(1, round(level.height * scale))
+    if cw >= level.width and ch >= level.height:
+        return level
+    x0 = int(torch.randint(0, level.width - cw + 1, (1,), generator=gen))
+    y0 = int(torch.randint(0, level.height - ch + 1, (1,), generator=gen))
+    K = level.K.clone()
+    K[:, 0, 2] -= x0
+    K[:, 1, 2] -= y0
+    d = None if level.depths is None else level.depths[:, y0 : y0 + ch, x0 : x0 + cw]
+    return _Level(level.images[:, y0 : y0 + ch, x0 : x0 + cw], K, cw, ch, d)
+
+
 def _check_inputs(gaussians: Gaussians, cameras: Cameras, images: Tensor, depths: Tensor | None) -> None:
     if images.dim() != 4 or images.shape[-1] != 3:
         raise ReconError(f"training images must be (N, H, W, 3), got {tuple(images.shape)}")
@@ -280,9 +327,10 @@ def train(
         extent = cfg.scene_extent if cfg.scene_extent > 0 else scene_extent(cameras, gaussians.means)
         params = {k: getattr(gaussians, k).detach().to(device, torch.float32) for k in GAUSSIAN_FIELDS}
         params["shN"] = _pad_sh(params["shN"], cfg.sh_degree)
-    params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    params = {k: v.detach().clone().requires_grad_(cfg.optimize_gaussians) for k, v in params.items()}
     lrs = _lr_table(cfg, extent)
-    optimizer = _make_optimizer(params, lrs)
+    optimizer = _make_optimizer(params, lrs) if cfg.optimize_gaussians else None
+    pyramid = image_pyramid(images, K_all, max(cfg.coarse_levels, 0), depths, cfg.coarse_min_side)
     # One (N, 6) tensor of deltas under one Adam. Cameras outside a step's batch get zero gradients and
     # keep moving on their momentum; measured on the synthetic scene this converges faster than per-camera
     # (sparse) Adam updates. The mask pins the first camera when asked (its row's gradient is always 0).
@@ -293,11 +341,13 @@ def train(
     pose_opt = torch.optim.Adam([pose_delta], lr=cfg.pose_lr) if cfg.optimize_poses else None
     gen = torch.Generator().manual_seed(cfg.seed)
     sampler = _ViewSampler(n_views, gen)
-    strategy = DensifyStrategy(cfg.densify_cfg, extent, len(params["means"]), device) if cfg.densify else None
+    densify = cfg.densify and cfg.optimize_gaussians
+    strategy = DensifyStrategy(cfg.densify_cfg, extent, len(params["means"]), device) if densify else None
     history: list[dict] = []
     step = 0
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        if optimizer is not None and state["optimizer"] is not None:
+            optimizer.load_state_dict(state["optimizer"])
         with torch.no_grad():
             pose_delta.copy_(state["pose_delta"])
         if pose_opt is not None and state["pose_optimizer"] is not None:
@@ -328,7 +378,7 @@ def train(
             "step": step,
             "extent": extent,
             "gaussians": {k: v.detach() for k, v in params.items()},
-            "optimizer": optimizer.state_dict(),
+            "optimizer": None if optimizer is None else optimizer.state_dict(),
             "pose_delta": pose_delta.detach(),
             "pose_optimizer": None if pose_opt is None else pose_opt.state_dict(),
             "generator": gen.get_state(),
@@ -342,12 +392,7 @@ def train(
     loss_sum, psnr_sum, n_acc = (0.0, 0.0, 0) if state is None else state["log_acc"]
     last_loss = last_psnr = float("nan")
     stopped = False
-    bar = Progress(
-        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeRemainingColumn(), transient=True, disable=not progress,
-    )
-    with bar:
-        task = bar.add_task("train", total=cfg.iters, completed=step, info="")
+    with StepReporter("train", cfg.iters, enabled=progress, start=step) as bar:
         while step < cfg.iters:
             while control.pause.is_set() and not control.stop.is_set():
                 time.sleep(0.05)
@@ -355,7 +400,7 @@ def train(
                 stopped = True
                 break
             lr_scale = exp_decay(step, cfg.iters, 1.0, cfg.means_lr_final / cfg.means_lr)
-            for group in optimizer.param_groups:
+            for group in optimizer.param_groups if optimizer is not None else []:
                 group["lr"] = lrs[group["name"]] * (lr_scale if group["name"] == "means" else 1.0)
             pose_lr = exp_decay(step, cfg.iters, cfg.pose_lr, cfg.pose_lr_final, cfg.pose_warmup)
             if pose_opt is not None:
@@ -368,21 +413,28 @@ def train(
             w2c = apply_pose_deltas(w2c_ref[ids], delta, extent)
             g = Gaussians(**params)
             degree = sh_degree_at(step, cfg.sh_degree, cfg.sh_increase_every)
-            out = _rasterize(g, w2c, K_all[ids], W, H, degree, bg)
+            level = resolution_level(step, cfg.iters, len(pyramid) - 1, cfg.coarse_fraction)
+            lv = pyramid[level]
+            if level == 0 and step < cfg.crop_until * cfg.iters:
+                lv = _random_crop(lv, cfg.crop_scale, gen)
+            out = _rasterize(g, w2c, lv.K[ids], lv.width, lv.height, degree, bg)
             rgb = out.rgb[..., :3]
-            gt = images[ids]
+            gt = lv.images[ids]
             loss = photometric_loss(rgb, gt, cfg.ssim_lambda)
-            if depths is not None and cfg.depth_lambda > 0:
-                d_prior = depths[ids]
+            if lv.depths is not None and cfg.depth_lambda > 0:
+                d_prior = lv.depths[ids]
                 mask = (d_prior > 0) & (out.alpha[..., 0] > 0.5)
                 loss = loss + cfg.depth_lambda * pearson_depth_loss(out.depth[..., 0], d_prior, mask)
             if pose_opt is not None and cfg.pose_reg > 0:  # this batch's cameras, as the photometric term
                 loss = loss + cfg.pose_reg * delta.square().sum(-1).mean()
             loss.backward()
             if strategy is not None:
-                strategy.accumulate(out.means2d, out.radii, W, H)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+                # NDC-normalised gradients: a crop has the full image's pixels, so its full size counts
+                size = (W, H) if level == 0 else (lv.width, lv.height)
+                strategy.accumulate(out.means2d, out.radii, *size)
+            if optimizer is not None:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             if pose_opt is not None:
                 pose_opt.step()
                 pose_opt.zero_grad(set_to_none=True)
@@ -402,12 +454,12 @@ def train(
             if step % max(cfg.log_every, 1) == 0 or step == cfg.iters:
                 history.append({
                     "step": step, "loss": loss_sum / n_acc, "psnr": psnr_sum / n_acc,
-                    "lr": optimizer.param_groups[0]["lr"], "pose_lr": pose_lr,
+                    "lr": lrs["means"] * lr_scale, "pose_lr": pose_lr,
                     "num_gaussians": int(params["means"].shape[0]),
                 })
                 loss_sum = psnr_sum = 0.0
                 n_acc = 0
-            bar.update(task, completed=step, info=f"loss {last_loss:.4f}  PSNR {last_psnr:5.2f} dB")
+            bar.update(step, f"loss {last_loss:.4f}  PSNR {last_psnr:5.2f} dB")
             if callback is not None and cfg.callback_every > 0 and step % cfg.callback_every == 0:
                 callback(TrainState(step, cfg.iters, last_loss, last_psnr, snapshot_gaussians(),
                                     snapshot_cameras(), control))

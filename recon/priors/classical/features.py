@@ -172,7 +172,14 @@ def match_descriptors(
         return np.concatenate(idx), np.concatenate(ok)
 
     ab, ok_ab = best(da, db, a.xy, b.xy, F)
-    ba, ok_ba = best(db, da, b.xy, a.xy, None if F is None else F.T)
+    # The mutual check needs b -> a only for the keypoints of b that some keypoint of a chose and that
+    # passed its ratio test: searching from those alone gives the same matches at a fraction of the cost.
+    cand = np.unique(ab[ok_ab])
+    ba = np.full(len(b), -1, np.int64)
+    ok_ba = np.zeros(len(b), bool)
+    if len(cand):
+        F_ba = None if F is None else F.T
+        ba[cand], ok_ba[cand] = best(db[torch.from_numpy(cand)], da, b.xy[cand], a.xy, F_ba)
     ia = np.arange(len(a))
     keep = (ba[ab] == ia) & ok_ab & ok_ba[ab]
     return np.stack([ia[keep], ab[keep]], axis=1).astype(np.int64)

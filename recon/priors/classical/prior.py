@@ -5,6 +5,8 @@ Needs no weights and no GPU; it is recon's default prior.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from recon.cameras import Cameras, transform_points
@@ -67,6 +69,9 @@ class ClassicalPrior:
     def __call__(self, views: Views) -> PriorResult:
         sfm = run_sfm(views, self.cfg.sfm)
         points = torch.as_tensor(sfm.points3d, dtype=torch.float32)
-        return dense_for_cameras(
+        t0 = time.perf_counter()
+        result = dense_for_cameras(
             views, sfm.cameras, self.cfg.dense, points, sfm.neighbors, sfm.failed, {"sfm": sfm.info}
         )
+        result.info["dense_s"] = time.perf_counter() - t0
+        return result
