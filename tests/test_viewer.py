@@ -204,6 +204,8 @@ def test_load_results_of_an_output_folder(sample_out):
     pts, cols = r.prior_points
     assert pts.shape[1] == 3 and cols.dtype == np.uint8 and 1000 < len(pts) <= 100_000
     assert r.metrics["num_gaussians"] == len(r.gaussians)
+    vertices, faces, colors = r.mesh
+    assert len(faces) > 1000 and colors.shape == vertices.shape and colors.dtype == np.uint8
 
 
 def test_load_results_of_a_foreign_3dgs_ply(tmp_path):
@@ -309,9 +311,10 @@ def _screen_point(camera, X: np.ndarray) -> tuple[float, float]:
 @needs_chromium
 def test_viewer_controls_in_chromium(sample_out):
     """In a browser: Gaussians alone fill the view and hiding them empties it (the blank check can fail);
-    clicking a camera's frustum puts the browser's camera at that camera's pose; from there recon's own
-    render (server side) and the browser's splats show the same image, so the browser-camera -> recon
-    camera conversion (pose, field of view, aspect) is right."""
+    the mesh toggle shows and hides the folder's mesh; clicking a camera's frustum puts the browser's
+    camera at that camera's pose; from there recon's own render (server side) and the browser's splats
+    show the same image, so the browser-camera -> recon camera conversion (pose, field of view, aspect)
+    is right."""
     from viewer.app import open_results
     from viewer.scene import RENDER_BROWSER, RENDER_RECON
 
@@ -335,6 +338,14 @@ def test_viewer_controls_in_chromium(sample_out):
             scene.show_gaussians.value = False
             ok, px = browser.pixels_until(lambda p: frac(p) < 0.01, timeout=30)
             assert ok, f"with everything hidden {frac(px):.3f} of the view is still drawn"
+            # The mesh toggle beside the Gaussians: the folder's mesh.ply alone draws, and hides again.
+            assert not scene.show_mesh.disabled and not scene.show_mesh.value
+            scene.show_mesh.value = True
+            ok, px = browser.pixels_until(lambda p: frac(p) > 0.05, timeout=60)
+            assert ok, f"the mesh alone covers only {frac(px):.3f} of the view"
+            scene.show_mesh.value = False
+            ok, px = browser.pixels_until(lambda p: frac(p) < 0.01, timeout=30)
+            assert ok, f"with the mesh hidden again {frac(px):.3f} of the view is still drawn"
             scene.show_gaussians.value = True
 
             # Click camera 2's frustum (its image plane): the browser's view moves to that camera, and

@@ -1,7 +1,8 @@
 """``recon view OUT``: the results viewer of a finished reconstruction (or of any 3DGS PLY).
 
 Shows the Gaussians, the optimised and the prior's initial cameras as frustums with their input images,
-the prior's point cloud and the run's metrics; see :class:`viewer.scene.SceneViewer` for the controls.
+the prior's point cloud, the exported mesh (``mesh.ply``, when there is one) and the run's metrics;
+see :class:`viewer.scene.SceneViewer` for the controls.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Results:
         metrics: ``metrics.json``.
         thumbnails: {image name: (h, w, 3) uint8} input images of the cameras.
         prior_points: the prior's point cloud ((P, 3) float32 points, (P, 3) uint8 colours).
+        mesh: ``mesh.ply`` of the folder (``recon export --format mesh``): vertices (V, 3) float32, faces
+            (F, 3) int64, vertex colours (V, 3) uint8 or None.
     """
 
     source: Path
@@ -48,6 +51,20 @@ class Results:
     metrics: dict = field(default_factory=dict)
     thumbnails: dict = field(default_factory=dict)
     prior_points: tuple[np.ndarray, np.ndarray] | None = None
+    mesh: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
+
+
+def load_mesh_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Vertices, faces and vertex colours (or None) of a triangle mesh file (read with trimesh)."""
+    import trimesh  # a dependency of viser
+
+    mesh = trimesh.load(str(path), process=False, force="mesh")
+    if len(mesh.faces) == 0:
+        raise ValueError("no triangles")
+    colors = None
+    if mesh.visual.kind == "vertex":
+        colors = np.asarray(mesh.visual.vertex_colors)[:, :3].astype(np.uint8)
+    return np.asarray(mesh.vertices, np.float32), np.asarray(mesh.faces, np.int64), colors
 
 
 def load_results(target: str | Path) -> Results:
@@ -86,6 +103,11 @@ def load_results(target: str | Path) -> Results:
             res.prior_points = prior_point_cloud(load_prior(cache))
         except Exception as e:  # noqa: BLE001 - a broken cache only costs the point cloud
             print(f"recon: viewer: skipping the prior's point cloud ({cache}: {type(e).__name__}: {e})")
+    if (target / "mesh.ply").is_file():
+        try:
+            res.mesh = load_mesh_arrays(target / "mesh.ply")
+        except Exception as e:  # noqa: BLE001 - a broken mesh only costs the mesh
+            print(f"recon: viewer: skipping {target / 'mesh.ply'} ({type(e).__name__}: {e})")
     return res
 
 
@@ -105,6 +127,8 @@ class ResultsViewer:
             self.scene.set_cameras("initial", r.initial_cameras, r.thumbnails)
         if r.prior_points is not None:
             self.scene.set_point_cloud(*r.prior_points)
+        if r.mesh is not None:
+            self.scene.set_mesh(*r.mesh)
         self.scene.show_optimised.disabled = r.cameras is None
         self.scene.show_initial.disabled = r.initial_cameras is None
         self.scene.show_points.disabled = r.prior_points is None

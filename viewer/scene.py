@@ -285,7 +285,8 @@ class SceneViewer:
     """The 3D scene of a reconstruction in a viser server, with its GUI controls.
 
     Nodes: ``/gaussians`` (viser splats), ``/cameras/optimised/<i>`` and ``/cameras/initial/<i>``
-    (frustums, clickable: a click moves that browser's view to the camera), ``/prior_points``.
+    (frustums, clickable: a click moves that browser's view to the camera), ``/prior_points``, ``/mesh``
+    (an exported mesh, off until asked for).
     The GUI ("View" folder) toggles each of them and picks how the Gaussians are drawn: by the browser
     (viser's splats, interactive, DC colour only) or by recon's own rasteriser on the server (what is
     optimised, full SH), rendered for each connected browser only when its camera moved (at most
@@ -314,6 +315,7 @@ class SceneViewer:
         self._closed = False
         self._splats = None
         self._points = None
+        self._mesh = None
         self._frustums: dict[str, list] = {"optimised": [], "initial": []}
         self._cameras: dict[str, Cameras | None] = {"optimised": None, "initial": None}
         self._clients: dict[int, _ClientRenderState] = {}
@@ -334,7 +336,10 @@ class SceneViewer:
                                                    hint="Final poses (orange); click one to look through it")
             self.show_initial = gui.add_checkbox("Initial cameras", False, hint=f"{initial_hint} (blue)")
             self.show_points = gui.add_checkbox("Prior point cloud", False)
+            self.show_mesh = gui.add_checkbox("Mesh", False, disabled=True,
+                                              hint="The folder's mesh.ply (recon export --format mesh)")
         self.show_gaussians.on_update(lambda _: self._apply_visibility())
+        self.show_mesh.on_update(lambda _: self._apply_visibility())
         self.show_optimised.on_update(lambda _: self._apply_visibility())
         self.show_initial.on_update(lambda _: self._apply_visibility())
         self.show_points.on_update(lambda _: self._apply_visibility())
@@ -429,6 +434,18 @@ class SceneViewer:
             precision="float32", visible=self.show_points.value,
         )
 
+    def set_mesh(self, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None) -> None:
+        """Show (or replace) a triangle mesh: vertices (V, 3) world, faces (F, 3) int, colours (V, 3) uint8
+        per vertex or None (grey). Hidden until the "Mesh" checkbox is ticked."""
+        import trimesh  # a dependency of viser
+
+        tm = trimesh.Trimesh(vertices=np.asarray(vertices, np.float32), faces=np.asarray(faces, np.int64),
+                             vertex_colors=colors, process=False)
+        if self._mesh is not None:
+            self._mesh.remove()
+        self._mesh = self.server.scene.add_mesh_trimesh("/mesh", tm, visible=bool(self.show_mesh.value))
+        self.show_mesh.disabled = False
+
     def move_to_camera(self, client, kind: str, index: int) -> None:
         """Put browser ``client``'s view at camera ``index`` of ``kind`` (pose and vertical fov)."""
         cams = self._cameras[kind]
@@ -461,6 +478,8 @@ class SceneViewer:
             h.visible = bool(self.show_initial.value)
         if self._points is not None:
             self._points.visible = bool(self.show_points.value)
+        if self._mesh is not None:
+            self._mesh.visible = bool(self.show_mesh.value)
         self._invalidate()
 
     def _on_render_mode(self) -> None:
