@@ -192,7 +192,7 @@ def test_report_html_is_self_contained_and_its_images_load_in_chromium(batch):
     assert {alt.split()[-1] for _, _, alt in images} == {"render", "photo", "error"}
     assert svg == [3, 3]  # the 3 training cameras, reference and aligned estimate
     assert "Stage timings" in headings and "room" in headings and "nopose" in headings
-    assert "prior" in timings and "train" in timings and "held_out" in timings
+    assert "prior" in timings and "train" in timings and "held-out pose fitting" in timings
     assert "mean (2 scenes, 1 failed)" in summary
 
 

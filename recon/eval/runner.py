@@ -39,6 +39,7 @@ from recon.io.atomic import atomic_write_json, atomic_write_text
 from recon.io.datasets import load_views
 from recon.io.export import to_jsonable, write_outputs
 from recon.pipeline import evaluate_held_out, reconstruct
+from recon.progress import StageLog
 from recon.reconstruction import Reconstruction
 from recon.views import Views
 
@@ -90,17 +91,20 @@ def evaluate_scene(scene: Path, out: Path, cfg: EvalConfig) -> dict:
     scene = Path(scene)
     t0 = time.perf_counter()
     row: dict = {"scene": scene.name, "path": str(scene.resolve()), "views": cfg.views}
+    # a line per stage, prefixed with the scene, so that a log shows where a long batch is
+    log = StageLog(prefix=f"{scene.name}: ")
     try:
-        views = load_views(scene, max_side=cfg.max_side)
+        with log.stage("load"):
+            views = load_views(scene, max_side=cfg.max_side)
         if views.cameras is None:
             raise ReconError(f"{scene} has no reference poses; recon eval needs a known-pose dataset")
         split = make_split(views.names, views.source, cfg.views, cfg.split)
         row.update(views=len(split.train), protocol=split.protocol, train=split.train, test=split.test)
         train, test = views.subset(split.train), views.subset(split.test)
         rcfg = dataclasses.replace(cfg, poses="prior", test_every=0)
-        recon = reconstruct(_strip_poses(train), rcfg, progress=False)
+        recon = reconstruct(_strip_poses(train), rcfg, progress=True, log=log)
         poses = camera_pose_metrics(recon.cameras, train.cameras)
-        timings = dict(recon.metrics.get("timings") or {})
+        timings = log.stages  # filled in as the stages below finish
         row.update(
             registered=poses["n_registered"],
             failed=recon.prior.failed if recon.prior else {},
@@ -113,15 +117,17 @@ def evaluate_scene(scene: Path, out: Path, cfg: EvalConfig) -> dict:
             timings=timings,
         )
         recon.metrics["poses"] = poses
-        t1 = time.perf_counter()
-        test_metrics, test_renders = _held_out(recon, train, test, rcfg)
-        timings["held_out"] = {"wall_s": time.perf_counter() - t1}
+        with log.stage("held-out pose fitting and scoring", f"{len(test)} views"):
+            test_metrics, test_renders = _held_out(recon, train, test, rcfg)
         row.update(psnr=test_metrics["psnr"], ssim=test_metrics["ssim"], per_view=test_metrics["per_view"])
         recon.metrics["test"] = test_metrics
         if cfg.refine_effect:
             row["refine_effect"] = _refine_effect(recon, row, train, test, rcfg)
-        write_outputs(recon, out / scene.name, config=rcfg,
-                      renders={"test": (test.names, test_renders, test.images)})
+        with log.stage("export"):
+            recon.metrics["timings"] = log.as_dict()
+            write_outputs(recon, out / scene.name, config=rcfg,
+                          renders={"test": (test.names, test_renders, test.images)})
+        row["timings"] = log.as_dict()
     except ReconError as e:
         _mark_failed(row, str(e))
     except Exception as e:  # a bug must not lose the other scenes' results
