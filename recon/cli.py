@@ -10,12 +10,14 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import tyro
 
 from recon.config import ReconConfig
 from recon.errors import ReconError
 from recon.eval.config import EvalConfig
+from recon.export.config import ExportConfig
 
 
 @dataclass(kw_only=True)
@@ -36,11 +38,25 @@ class RunArgs(ReconConfig):
 
 @dataclass
 class DemoArgs:
-    """Reconstruct the embedded synthetic demo scene (known poses) and report held-out PSNR."""
+    """Reconstruct the embedded synthetic scene pose-free (classical prior) and score it against its truth:
+    held-out PSNR, pose error, and the Chamfer distance of its exported mesh (OUT/mesh.ply)."""
 
     out: Path = Path("outputs/demo")
     iters: int = 1000
     """Optimisation steps."""
+    poses: Literal["prior", "dataset"] = "prior"
+    """'prior': estimate the cameras (pose-free, the main job); 'dataset': use the scene's true cameras."""
+
+
+@dataclass(kw_only=True)
+class ExportArgs(ExportConfig):
+    """Export a reconstruction as a mesh (TSDF fusion), a nerfstudio dataset or a .splat file."""
+
+    out: tyro.conf.Positional[Path]
+    """An output folder of `recon run` / `recon demo` (point_cloud.ply, cameras.json, images/)."""
+    to: Path | None = None
+    """Destination: a .ply/.obj file (mesh), a folder (nerfstudio) or a .splat file; default: OUT/mesh.ply,
+    OUT/nerfstudio/ or OUT/point_cloud.splat."""
 
 
 @dataclass(kw_only=True)
@@ -120,8 +136,24 @@ def _view(args: ViewArgs) -> int:
 def _demo(args: DemoArgs) -> int:
     from recon.demo import run_demo
 
-    metrics = run_demo(args.out, iters=args.iters)
+    metrics = run_demo(args.out, iters=args.iters, poses=args.poses)
     _print_summary(metrics, args.out)
+    parts = []
+    if "poses" in metrics:
+        p = metrics["poses"]["optimised"]
+        parts.append(f"pose error {p['rot_err_deg']:.3f} deg rotation, {p['rre_deg']:.3f} deg RRE")
+    sf = metrics["mesh"]["surface"]
+    parts.append(f"mesh Chamfer {sf['chamfer']:.4f} ({100 * sf['chamfer_frac']:.2f}% of the scene extent)")
+    print(f"recon: {', '.join(parts)}; demo {metrics['demo']['seconds']:.0f} s")
+    return 0
+
+
+def _export(args: ExportArgs) -> int:
+    from recon.export.api import export
+
+    res = export(args.out, args, to=args.to)
+    details = ", ".join(f"{k} {v:,}" for k, v in res.info.items() if isinstance(v, int))
+    print(f"recon: {res.format} export ({details}) written to {res.paths[0].resolve()}")
     return 0
 
 
@@ -143,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": (EvalArgs, _eval),
         "demo": (DemoArgs, _demo),
         "view": (ViewArgs, _view),
+        "export": (ExportArgs, _export),
     }
     try:
         args = tyro.extras.subcommand_cli_from_dict(

@@ -134,3 +134,17 @@ def test_nerfstudio_and_splat_from_output_folder(tmp_path):
         export(out, ExportConfig(format="nerfstudio"), to=tmp_path / "ns2")
     with pytest.raises(ReconError, match="is not a folder"):
         export(tmp_path / "missing", ExportConfig(format="splat"))
+
+
+def test_cli_export_writes_and_reports_user_errors(tmp_path, capsys):
+    from recon.cli import main
+
+    recon = _reconstruction()
+    out = tmp_path / "out"
+    write_outputs(recon, out)
+    assert main(["export", str(out), "--format", "splat", "--to", str(tmp_path / "x.splat")]) == 0
+    assert (tmp_path / "x.splat").stat().st_size == 32 * len(recon.gaussians)
+    assert "splat export" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "nothing"), "--format", "nerfstudio"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a folder" in err[0]

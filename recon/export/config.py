@@ -35,8 +35,9 @@ class MeshConfig:
     min_views: float = 2.0
     """Voxels updated by fewer views than this are left out of the surface (a multi-view check)."""
     edge_rel_depth: float = 0.05
-    """Pixels next to a depth jump larger than this fraction of their depth are not fused (the expected
-    depth there blends the two surfaces); 0 disables."""
+    """Pixels at a depth discontinuity are not fused (the expected depth there blends the two surfaces):
+    where the second difference of inverse depth exceeds this fraction of it, and their neighbours
+    (planes, however slanted, have none); 0 disables."""
     largest_component: bool = True
     """Keep only the largest connected component of the mesh (drops floating fragments)."""
     obj: bool = False

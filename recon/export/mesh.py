@@ -3,9 +3,9 @@
 1. Cameras: the optimised training cameras, plus ``interpolate`` cameras between each consecutive pair
    (centres linear, rotations along the geodesic: :func:`recon.synthetic.interpolate_cameras`).
 2. Each camera renders colour, accumulated opacity and the rasteriser's expected depth
-   (``sum w_i z_i / sum w_i``). Pixels of accumulated opacity below ``min_alpha`` and pixels beside a
-   depth jump (where expected depth blends two surfaces) are left out; colour is un-premultiplied
-   (``rgb / alpha``).
+   (``sum w_i z_i / sum w_i``). Pixels of accumulated opacity below ``min_alpha`` and pixels at a depth
+   discontinuity (where expected depth blends two surfaces; :func:`depth_edges`) are left out; colour is
+   un-premultiplied (``rgb / alpha``).
 3. The scene extent is the half diagonal of the box holding the 2nd-98th percentiles (per axis) of the
    kept depth points; voxel size = extent / ``voxels_per_extent`` and truncation = ``trunc_voxels``
    voxels unless given in world units.
@@ -87,16 +87,24 @@ def fusion_cameras(cameras: Cameras, interpolate: int) -> Cameras:
 
 
 def depth_edges(depth: torch.Tensor, rel: float) -> torch.Tensor:
-    """(H, W) bool: pixels whose depth differs from a 4-neighbour's by more than ``rel`` of their depth."""
-    d = depth
-    edge = torch.zeros_like(d, dtype=torch.bool)
-    dy = (d[1:] - d[:-1]).abs() > rel * torch.minimum(d[1:], d[:-1])
-    dx = (d[:, 1:] - d[:, :-1]).abs() > rel * torch.minimum(d[:, 1:], d[:, :-1])
-    edge[1:] |= dy
-    edge[:-1] |= dy
-    edge[:, 1:] |= dx
-    edge[:, :-1] |= dx
-    return edge
+    """(H, W) bool: pixels at or beside a depth discontinuity of a z-depth map (0 = no depth).
+
+    On a plane, inverse depth is an affine function of the pixel coordinates, so its second difference
+    along rows and columns vanishes however slanted the plane is (a floor seen at a grazing angle); at an
+    occlusion edge it is of the order of the jump. Pixels whose second difference exceeds ``rel`` times
+    their inverse depth, and their 8 neighbours (a blended pixel half way across a jump has a small second
+    difference itself), are flagged, as is every pixel next to one without depth.
+    """
+    valid = depth > 0
+    inv = torch.where(valid, 1.0 / depth.clamp_min(1e-12), torch.zeros_like(depth))
+    flag = torch.zeros_like(valid)
+    d2x = (inv[:, 2:] - 2 * inv[:, 1:-1] + inv[:, :-2]).abs()
+    d2y = (inv[2:] - 2 * inv[1:-1] + inv[:-2]).abs()
+    flag[:, 1:-1] |= d2x > rel * inv[:, 1:-1]
+    flag[1:-1] |= d2y > rel * inv[1:-1]
+    flag |= ~valid
+    grown = torch.nn.functional.max_pool2d(flag[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0
+    return grown & valid
 
 
 @torch.no_grad()
