@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from recon.options import NonNegativeFloat, PositiveFloat, PositiveInt, ranged
+
 
 @dataclass
 class InitConfig:
@@ -23,17 +25,19 @@ class InitConfig:
             learned priors' confidences start at 1, so e.g. 1.5 drops their least certain pixels).
         covis: run co-visibility downsampling (off: keep every confident pixel of every view).
         covis_depth_tol: relative depth agreement for a pixel to count as already explained.
+        covis_max_views: earlier views (nearest by camera centre) a pixel is checked against; 0: all.
         rank_by: view ranking statistic of the confidences of a view's valid pixels.
         scale_clamp: (lo, hi) multiples of the median kNN distance that bound every scale.
     """
 
-    max_gaussians: int = 100_000
-    voxel_size: float | None = None
-    init_opacity: float = 0.1
-    knn: int = 3
-    sh_degree: int = 0
-    conf_threshold: float = 0.0
+    max_gaussians: PositiveInt = 100_000
+    voxel_size: ranged(float, 0, lo_open=True, optional=True) = None
+    init_opacity: ranged(float, 0, 1, lo_open=True, hi_open=True) = 0.1
+    knn: PositiveInt = 3
+    sh_degree: ranged(int, 0, 3) = 0
+    conf_threshold: NonNegativeFloat = 0.0
     covis: bool = True
-    covis_depth_tol: float = 0.03
+    covis_depth_tol: PositiveFloat = 0.03
+    covis_max_views: int = 16
     rank_by: Literal["median", "mean"] = "median"
-    scale_clamp: tuple[float, float] = (0.1, 10.0)
+    scale_clamp: ranged(float, 0, lo_open=True, count=2) = (0.1, 10.0)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from recon.cameras import project, transform_points
+from recon.cameras import camera_centers, project, transform_points
 from recon.errors import ReconError
 from recon.gaussians.config import InitConfig
 from recon.gaussians.model import Gaussians, num_sh_bases, rgb_to_sh0
@@ -195,7 +195,7 @@ def rank_views(
 
 
 def covisibility_keep_mask(
-    prior: PriorResult, valid: torch.Tensor, order: list[int], depth_tol: float = 0.03
+    prior: PriorResult, valid: torch.Tensor, order: list[int], depth_tol: float = 0.03, max_views: int = 0
 ) -> torch.Tensor:
     """Keep mask (M, h, w): valid pixels that no earlier view in ``order`` already explains.
 
@@ -203,7 +203,9 @@ def covisibility_keep_mask(
     ``prior.cameras``) in front of u, inside u's image, and at least one of the four point-map pixel
     centres around the projection is valid in u with a depth within ``depth_tol`` (relative) of the
     point's depth in u. Valid, not kept, pixels of u still explain later views: their surface is
-    represented by an even earlier view.
+    represented by an even earlier view. With ``max_views`` > 0 only that many earlier views, the nearest
+    by camera centre, are asked (the others see little of v), which keeps the cost linear in the number
+    of views.
     """
     M, h, w, _ = prior.pointmaps.shape
     cams = prior.cameras
@@ -213,10 +215,16 @@ def covisibility_keep_mask(
     scale = torch.stack([w / cams.sizes[:, 0].double(), h / cams.sizes[:, 1].double()], dim=-1)  # (M, 2)
     depth = _view_depth(prior, torch.nan_to_num(prior.pointmaps))
     keep = torch.zeros(M, h, w, dtype=torch.bool)
+    centers = camera_centers(w2c)
     for r, v in enumerate(order):
         cand = valid[v].reshape(-1).clone()
         X = prior.pointmaps[v].reshape(-1, 3).double()
-        for u in order[:r]:
+        earlier = order[:r]
+        if 0 < max_views < len(earlier):
+            dist = (centers[earlier] - centers[v]).norm(dim=1)
+            nearest = set(dist.argsort()[:max_views].tolist())
+            earlier = [u for k, u in enumerate(earlier) if k in nearest]  # still in ranking order
+        for u in earlier:
             idx = cand.nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
@@ -318,7 +326,8 @@ def init_from_prior(prior: PriorResult, cfg: InitConfig | None = None) -> tuple[
         raise ReconError(f"covis_depth_tol must be > 0, got {cfg.covis_depth_tol}")
     valid, low = _valid_mask(prior, cfg.conf_threshold)
     order, scores = rank_views(prior.conf, valid, cfg.rank_by)
-    keep = covisibility_keep_mask(prior, valid, order, cfg.covis_depth_tol) if cfg.covis else valid.clone()
+    keep = (covisibility_keep_mask(prior, valid, order, cfg.covis_depth_tol, cfg.covis_max_views) if cfg.covis
+            else valid.clone())
 
     stats = InitStats(n_raw=int(valid.numel()))
     for r, v in enumerate(order):

@@ -38,6 +38,7 @@ def fit_poses(
     coarse_levels: int = 2,
     coarse_fraction: float = 0.8,
     coarse_min_side: int = 128,
+    crop_until: float = 0.0,
 ) -> Cameras | tuple[Cameras, Tensor]:
     """Refine the w2c of ``cameras`` so that the frozen ``gaussians`` render like ``images``.
 
@@ -53,7 +54,8 @@ def fit_poses(
             the Gaussians).
         return_losses: also return the final per-camera photometric loss (C,), e.g. to flag failures.
         max_batch: cameras rendered together per step; more are fitted in consecutive chunks.
-        coarse_levels, coarse_fraction, coarse_min_side: coarse-to-fine schedule (see ``TrainConfig``):
+        coarse_levels, coarse_fraction, coarse_min_side, crop_until: coarse-to-fine schedule and
+            full-resolution crops (see ``TrainConfig``):
             a step on low-resolution images is cheap and its pose gradient smooth; the last steps at full
             resolution settle the pose to the pixel.
 
@@ -72,7 +74,7 @@ def fit_poses(
         chunks = [list(range(i, min(i + max_batch, len(cameras)))) for i in range(0, len(cameras), max_batch)]
         kw = dict(ssim_lambda=ssim_lambda, background=background, extent=ext, sh_degree=sh_degree,
                   return_losses=True, max_batch=max_batch, coarse_levels=coarse_levels,
-                  coarse_fraction=coarse_fraction, coarse_min_side=coarse_min_side)
+                  coarse_fraction=coarse_fraction, coarse_min_side=coarse_min_side, crop_until=crop_until)
         parts = [fit_poses(gaussians, cameras.subset(c), images[c], iters, lr, lr_final, **kw)
                  for c in chunks]
         merged = Cameras.cat([p[0] for p in parts])
@@ -81,8 +83,8 @@ def fit_poses(
         iters=iters, optimize_gaussians=False, pose_lr=lr, pose_lr_final=lr_final, ssim_lambda=ssim_lambda,
         sh_degree=gaussians.sh_degree if sh_degree is None else sh_degree, sh_increase_every=0,
         batch_size=len(cameras), scene_extent=ext, coarse_levels=coarse_levels,
-        coarse_fraction=coarse_fraction, coarse_min_side=coarse_min_side, checkpoint_every=0,
-        callback_every=0, log_every=max(iters, 1), background=background,
+        coarse_fraction=coarse_fraction, coarse_min_side=coarse_min_side, crop_until=crop_until,
+        checkpoint_every=0, callback_every=0, log_every=max(iters, 1), background=background,
     )
     device = gaussians.means.device
     fitted = train(gaussians.detach(), cameras, images.to(device), cfg, progress=False).cameras

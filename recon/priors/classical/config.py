@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from recon.errors import ReconError
+from recon.options import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ranged
 
 
 @dataclass
@@ -12,61 +13,67 @@ class SfMConfig:
     """Options of the classical structure-from-motion stage. Pixel thresholds are given for a 1000-pixel
     long image side and scale with the image (never below ``min_thresh_px``)."""
 
-    max_features: int = 8192
+    max_features: PositiveInt = 8192
     """Plain SIFT keypoints kept per image (strongest first)."""
-    affine_features: int = 8192
+    affine_features: NonNegativeInt = 8192
     """Extra keypoints from affine-simulated views (ASIFT) per image; used only for few views."""
-    affine_max_views: int = 8
+    affine_max_views: NonNegativeInt = 8
     """Use affine simulation when there are at most this many views (sparse captures are wide-baseline)."""
-    affine_max_tilt: int = 2
+    affine_max_tilt: NonNegativeInt = 2
     """Largest simulated tilt exponent k (tilt sqrt(2)^k)."""
-    ratio: float = 0.85
+    ratio: ranged(float, 0, 1, lo_open=True) = 0.85
     """Lowe ratio for descriptor matching (applied on top of mutual nearest neighbours)."""
-    thresh_px: float = 1.0
+    thresh_px: PositiveFloat = 1.0
     """RANSAC (MAGSAC++ maximum sigma) threshold in pixels at a 1000-pixel long side."""
-    min_thresh_px: float = 0.75
+    min_thresh_px: PositiveFloat = 0.75
     """Floor of the scaled RANSAC threshold (SIFT keypoints are not more precise than this)."""
-    reproj_factor: float = 4.0
+    reproj_factor: PositiveFloat = 4.0
     """Triangulation / bundle-adjustment outlier threshold, in multiples of the RANSAC threshold."""
-    ransac_confidence: float = 0.9999
-    ransac_max_iters: int = 10000
-    min_inliers: int = 30
+    ransac_confidence: ranged(float, 0, 1, lo_open=True, hi_open=True) = 0.9999
+    ransac_max_iters: PositiveInt = 10000
+    min_inliers: ranged(int, 8) = 30
     """Two-view inliers for a pair to count as overlapping (below it, matches are likely chance)."""
-    exhaustive_max: int = 15
+    exhaustive_max: ranged(int, 2) = 15
     """Match all pairs up to this many views; beyond, a sequential window plus retrieval graph."""
-    window: int = 5
-    retrieval_k: int = 5
-    fov_range_deg: tuple[float, float] = (15.0, 120.0)
+    window: PositiveInt = 5
+    retrieval_k: PositiveInt = 5
+    fov_range_deg: ranged(float, 0, 180, lo_open=True, hi_open=True, count=2) = (15.0, 120.0)
     """Field-of-view range (over the long side) of the focal self-calibration sweep."""
-    focal_sweep_pairs: int = 5
+    focal_sweep_pairs: PositiveInt = 5
     """Pairs (most inliers first) whose essential-matrix inliers are counted over a sweep of focals."""
-    focal_support: float = 0.95
+    focal_support: ranged(float, 0, 1, lo_open=True) = 0.95
     """Focals whose mean relative inlier count reaches this fraction of the best are consistent with the
     matches; a self-calibrated focal outside that set is rejected."""
-    min_tri_angle_deg: float = 1.0
+    min_tri_angle_deg: NonNegativeFloat = 1.0
     """Points whose viewing rays meet at a smaller angle have unreliable depth and are not triangulated."""
-    init_angle_deg: float = 5.0
+    init_angle_deg: PositiveFloat = 5.0
     """Median triangulation angle at which an initial pair stops gaining score for its baseline."""
-    init_attempts: int = 3
+    init_attempts: PositiveInt = 3
     """Initial pairs tried (best first) when one does not register every view."""
-    pnp_min_inliers: int = 15
-    min_scale_points: int = 3
+    pnp_min_inliers: ranged(int, 4) = 15
+    min_scale_points: PositiveInt = 3
     """Points shared with the reconstruction needed to place a view from its essential matrix when PnP
     has too few (only the baseline length is unknown then)."""
-    max_pair_rotation_change_deg: float = 10.0
+    max_pair_rotation_change_deg: NonNegativeFloat = 10.0
     """How far refining such a view on the shared points may rotate it away from the pair's estimate."""
     ba_loss: str = "soft_l1"
     """scipy.optimize.least_squares robust loss of bundle adjustment."""
-    ba_max_nfev: int = 40
+    ba_max_nfev: PositiveInt = 40
     refine_focal: bool = True
     """Refine the shared focal in the final bundle adjustment (with >= 3 placed views)."""
-    guided_rounds: int = 2
+    guided_rounds: NonNegativeInt = 2
     """Rounds of guided matching once three or more views are placed: every matched pair of placed views
     (including pairs that failed verification) is matched again along the epipolar lines of the current
     cameras, and the model is re-triangulated and bundle-adjusted on the new tracks (0 disables)."""
-    guided_epipolar_factor: float = 3.0
+    guided_converged_deg: float = 0.05
+    """Guided matching stops before ``guided_rounds`` once a round rotated no camera by more than this many
+    degrees..."""
+    guided_converged_focal: float = 0.002
+    """...and changed the focal by less than this fraction: the next round would re-find the same
+    matches (each round costs a full guided matching of every pair)."""
+    guided_epipolar_factor: PositiveFloat = 3.0
     """Guided matching accepts keypoints within this many RANSAC thresholds of the epipolar line."""
-    guided_depth_margin: float = 0.25
+    guided_depth_margin: NonNegativeFloat = 0.25
     """Guided matches must triangulate within the depth range of the points found before them (1st-99th
     percentile per view) widened by this fraction: a wrong match on repeated texture along the epipolar
     line triangulates without error, but at a depth where the scene is not."""
@@ -76,45 +83,45 @@ class SfMConfig:
 class DenseConfig:
     """Options of :func:`dense_pointmaps` (pixel quantities are at the reduced resolution)."""
 
-    max_side: int = 320
+    max_side: ranged(int, 16) = 320
     """Long side (px) of the working resolution; images larger than this are downscaled, never upscaled."""
-    n_planes: int = 0
+    n_planes: NonNegativeInt = 0
     """Depth planes per reference view; 0 picks them from the geometry (see ``plane_step_px``)."""
-    plane_step_px: float = 1.0
+    plane_step_px: PositiveFloat = 1.0
     """With ``n_planes=0``: planes are spaced so that consecutive ones move a source pixel by about this."""
-    min_planes: int = 48
+    min_planes: ranged(int, 3) = 48
     """Lower clamp of the automatic plane count."""
-    max_planes: int = 192
+    max_planes: ranged(int, 3) = 192
     """Upper clamp of the automatic plane count (bounds the runtime for huge depth ranges)."""
-    window: int = 7
+    window: ranged(int, 3) = 7
     """Side of the square NCC window (odd)."""
-    n_neighbors: int = 4
+    n_neighbors: PositiveInt = 4
     """Source views per reference view (the best by triangulation angle when not given)."""
-    top_k: int = 2
+    top_k: PositiveInt = 2
     """Per pixel and plane, average the best ``top_k`` NCC scores of the sources that see the window."""
-    aggregate_window: int = 3
+    aggregate_window: PositiveInt = 3
     """Extra box filter (odd side, 1 = off) over the aggregated score volume before winner-take-all."""
-    ncc_min: float = 0.3
+    ncc_min: ranged(float, -1, 1) = 0.3
     """Aggregated NCC below this is rejected; it maps to confidence 0."""
-    ncc_good: float = 0.8
+    ncc_good: ranged(float, -1, 1) = 0.8
     """Aggregated NCC at which the photometric confidence term saturates at 1."""
-    ratio_good: float = 1.5
+    ratio_good: ranged(float, 1, lo_open=True) = 1.5
     """Second-best / best cost ratio at which the uniqueness term saturates at 1 (1 maps to 0)."""
-    uniqueness_planes: int = 3
+    uniqueness_planes: NonNegativeInt = 3
     """The second-best cost is searched outside +-this many planes of the winner."""
-    min_texture_std: float = 0.01
+    min_texture_std: NonNegativeFloat = 0.01
     """Reference windows with an intensity standard deviation below this are textureless: rejected."""
-    consistency_px: float = 1.0
+    consistency_px: PositiveFloat = 1.0
     """Forward-backward reprojection error (px) under which a source view agrees with a depth."""
-    consistency_rel_depth: float = 0.01
+    consistency_rel_depth: PositiveFloat = 0.01
     """Relative depth difference under which a source view agrees with a depth."""
-    min_consistent: int = 1
+    min_consistent: PositiveInt = 1
     """Source views that must agree for a pixel to be kept (>= 1: unverified depths are never kept)."""
-    consistent_target: int = 2
+    consistent_target: PositiveInt = 2
     """Agreeing views at which the multi-view confidence term saturates at 1."""
-    neighbor_angle_deg: float = 5.0
+    neighbor_angle_deg: PositiveFloat = 5.0
     """Preferred triangulation angle for automatic neighbour selection (MVSNet's scoring)."""
-    chunk_planes: int = 8
+    chunk_planes: PositiveInt = 8
     """Planes warped per vectorised step (memory ~ chunk * n_sources * h * w * 4 floats)."""
 
     def validate(self) -> None:

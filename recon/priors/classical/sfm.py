@@ -516,6 +516,17 @@ def _guided_rematch(
     return new, info
 
 
+def _model_change(before_w2c: dict[int, np.ndarray], before_focal: float, rec: _Reconstruction) -> dict:
+    """How far a refinement moved the model: the largest rotation change of a camera (degrees, relative to
+    the fixed gauge, so it is invariant to how the cameras were expressed) and the relative focal change."""
+    rot = 0.0
+    for v, w in before_w2c.items():
+        if v in rec.w2c:
+            R = rec.w2c[v][:3, :3] @ w[:3, :3].T
+            rot = max(rot, float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0)))))
+    return {"rotation_deg": rot, "focal_rel": abs(rec.focal / before_focal - 1.0)}
+
+
 def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
     """Cameras (shared pinhole K with centred principal point, w2c) and sparse points for ``views``.
 
@@ -646,8 +657,13 @@ def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
     # With two views the guided matches would be chosen by the very epipolar geometry they then re-estimate,
     # with nothing to check them against and no focal to refine (measured: no gain, sometimes a loss).
     for _ in range(cfg.guided_rounds if len(rec.w2c) >= 3 else 0):
+        before_w2c, before_f = {v: w.copy() for v, w in rec.w2c.items()}, rec.focal
         rec, round_info = _guided_rematch(rec, feats, graph, verified, fixed, refine_f, env)
+        round_info["change"] = _model_change(before_w2c, before_f, rec)
         guided_info.append(round_info)
+        if round_info["change"]["rotation_deg"] < cfg.guided_converged_deg and \
+                round_info["change"]["focal_rel"] < cfg.guided_converged_focal:
+            break  # converged: another round would re-find the same matches
     timings["guided_s"] = time.perf_counter() - t4
     # final refinement: the focal too, when >= 3 views constrain it (2 views leave it weakly determined)
     refine_f = refine_f and len(rec.w2c) >= 3
