@@ -36,9 +36,9 @@ def fit_poses(
     return_losses: bool = False,
     max_batch: int = 8,
     coarse_levels: int = 2,
-    coarse_fraction: float = 0.8,
+    coarse_fraction: float = 0.6,
     coarse_min_side: int = 128,
-    crop_until: float = 0.0,
+    crop_until: float = 0.9,
 ) -> Cameras | tuple[Cameras, Tensor]:
     """Refine the w2c of ``cameras`` so that the frozen ``gaussians`` render like ``images``.
 
