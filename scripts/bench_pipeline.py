@@ -55,6 +55,9 @@ class BenchConfig:
     """Print one JSON object instead of tables."""
     keep: Path | None = None
     """Keep every case's output folder under this folder (default: a temporary folder, removed)."""
+    write: Path | None = None
+    """Also put the summary table of each suite into this markdown file (the README), between the lines
+    ``<!-- bench-<suite>:start -->`` and ``<!-- bench-<suite>:end -->``."""
 
 
 @dataclass
@@ -62,6 +65,7 @@ class Case:
     """One fresh-process run: a name, the recon arguments, and how to read its results."""
 
     name: str
+    suite: Suite
     kind: Literal["eval", "run", "demo"]
     args: list[str]
     reference: Path | None = None
@@ -93,19 +97,21 @@ def cases(cfg: BenchConfig, work: Path) -> list[Case]:
     out: list[Case] = []
     if "default" in cfg.suite:
         if fern.is_dir():
-            out.append(Case("fern, 3 views, 504 px (eval)", "eval", ["eval", str(fern), "--views", "3"]))
+            out.append(Case("fern, 3 views, 504 px (eval)", "default", "eval",
+                            ["eval", str(fern), "--views", "3"]))
         if fountain.is_dir():
-            out.append(Case("fountain, 3 views, 1024 px (eval)", "eval",
+            out.append(Case("fountain, 3 views, 1024 px (eval)", "default", "eval",
                             ["eval", str(fountain), "--views", "3", "--max-side", "1024"]))
-        out.append(Case("demo", "demo", ["demo"]))
+        out.append(Case("demo", "default", "demo", ["demo"]))
     if "views" in cfg.suite and fern.is_dir():
         for n in (3, 6, 12, 20):
             folder, names = _image_folder(fern, "images_8", n, work / "inputs")
-            out.append(Case(f"fern, {n} views, 504 px (run)", "run", ["run", str(folder)], fern, names))
+            out.append(Case(f"fern, {n} views, 504 px (run)", "views", "run", ["run", str(folder)], fern,
+                            names))
     if "sizes" in cfg.suite and fountain.is_dir():
         folder, names = _image_folder(fountain, "images", 3, work / "inputs")
         for side in (512, 1024, 2048):
-            out.append(Case(f"fountain, 3 views, {side} px (run)", "run",
+            out.append(Case(f"fountain, 3 views, {side} px (run)", "sizes", "run",
                             ["run", str(folder), "--max-side", str(side)], fountain, names))
     return out
 
@@ -191,6 +197,11 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _command_line(suite: str) -> str:
+    cmd = f"python scripts/bench_pipeline.py --suite {suite} --write README.md"
+    return f"(`{cmd}`, one run, {os.cpu_count()} CPUs)"
+
+
 def main(cfg: BenchConfig) -> None:
     with tempfile.TemporaryDirectory(prefix="recon-bench-") as tmp:
         work = cfg.keep if cfg.keep is not None else Path(tmp)
@@ -198,7 +209,18 @@ def main(cfg: BenchConfig) -> None:
         for i, case in enumerate(cases(cfg, work)):
             if not cfg.json:
                 print(f"[{i + 1}] {case.name} ...", file=sys.stderr, flush=True)
-            rows.append(run_case(case, work / f"case{i}"))
+            rows.append(dict(run_case(case, work / f"case{i}"), suite=case.suite))
+    if cfg.write is not None:
+        from results_to_readme import replace_block
+
+        from recon.io.atomic import atomic_write_text
+
+        text = cfg.write.read_text()
+        for suite in cfg.suite:
+            mine = [r for r in rows if r["suite"] == suite]
+            text = replace_block(text, summary_table(mine) + "\n\n" + _command_line(suite),
+                                 f"<!-- bench-{suite}:start -->", f"<!-- bench-{suite}:end -->")
+        atomic_write_text(cfg.write, text)
     if cfg.json:
         print(json.dumps({"machine": {"cpus": os.cpu_count()}, "cases": rows}, indent=1))
         return

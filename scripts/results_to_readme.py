@@ -37,11 +37,17 @@ def readme_table(results: dict) -> str:
 
 def replace_between_markers(text: str, table: str) -> str:
     """``text`` with everything between the :data:`START` and :data:`END` lines replaced by ``table``."""
-    if text.count(START) != 1 or text.count(END) != 1 or text.index(START) > text.index(END):
-        raise ReconError(f"expected one '{START}' line followed by one '{END}' line")
-    head, rest = text.split(START)
-    _, tail = rest.split(END)
-    return f"{head}{START}\n{table.rstrip()}\n{END}{tail}"
+    return replace_block(text, table, START, END)
+
+
+def replace_block(text: str, block: str, start: str, end: str) -> str:
+    """``text`` with everything between the marker lines ``start`` and ``end`` replaced by ``block`` (also
+    used by ``bench_pipeline.py --write``)."""
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ReconError(f"expected one '{start}' line followed by one '{end}' line")
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{block.rstrip()}\n{end}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
