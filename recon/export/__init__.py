@@ -7,9 +7,9 @@ are loaded on first use.
 
 from __future__ import annotations
 
-import importlib
+from recon.lazy import lazy_names
 
-_LAZY = {
+__getattr__, __all__ = lazy_names(__name__, {
     "ExportConfig": "recon.export.config",
     "ExportFormat": "recon.export.config",
     "MeshConfig": "recon.export.config",
@@ -18,11 +18,4 @@ _LAZY = {
     "export": "recon.export.api",
     "gaussians_to_mesh": "recon.export.mesh",
     "save_mesh": "recon.export.mesh",
-}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+})

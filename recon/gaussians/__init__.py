@@ -7,9 +7,9 @@ are loaded on first use.
 
 from __future__ import annotations
 
-import importlib
+from recon.lazy import lazy_names
 
-_LAZY = {
+__getattr__, __all__ = lazy_names(__name__, {
     "SH_C0": "recon.gaussians.model",
     "Gaussians": "recon.gaussians.model",
     "num_sh_bases": "recon.gaussians.model",
@@ -19,11 +19,4 @@ _LAZY = {
     "InitStats": "recon.gaussians.init",
     "init_from_points": "recon.gaussians.init",
     "init_from_prior": "recon.gaussians.init",
-}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+})

@@ -7,9 +7,9 @@ The package itself stays light (no torch at import): its names are loaded on fir
 
 from __future__ import annotations
 
-import importlib
+from recon.lazy import lazy_names
 
-_LAZY = {
+__getattr__, __all__ = lazy_names(__name__, {
     "RefineConfig": "recon.refine.config",
     "PoseCorrectionConfig": "recon.refine.config",
     "DiffusionConfig": "recon.refine.config",
@@ -17,11 +17,4 @@ _LAZY = {
     "refine": "recon.refine.stages",
     "reposition_prior": "recon.refine.stages",
     "prior_depths": "recon.refine.stages",
-}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+})

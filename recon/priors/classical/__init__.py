@@ -5,20 +5,13 @@ two-view geometry and focal self-calibration (``twoview.py``) and bundle adjustm
 Part 2, dense point maps for those cameras: ``dense.py``; ``prior.py`` joins both into the ``Prior``.
 """
 
-import importlib
+from recon.lazy import lazy_names  # light package: the CLI parses without torch
 
-_LAZY = {
+__getattr__, __all__ = lazy_names(__name__, {
     "SfMConfig": "recon.priors.classical.config",
     "DenseConfig": "recon.priors.classical.config",
     "ClassicalConfig": "recon.priors.classical.config",
     "SfMResult": "recon.priors.classical.sfm",
     "Tracks": "recon.priors.classical.sfm",
     "run_sfm": "recon.priors.classical.sfm",
-}
-__all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):  # light package: names load on first use (the CLI parses without torch)
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+})
