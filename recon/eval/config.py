@@ -6,15 +6,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from recon.config import ReconConfig
+from recon.options import PositiveFloat, ranged
 
 
 @dataclass(kw_only=True)
 class EvalConfig(ReconConfig):
     """The pipeline's configuration plus the evaluation protocol's settings."""
 
-    max_side: int = 1024
+    max_side: ranged(int, 64) = 1024
     """Images are loaded with their long side at most this (Strecha's protocol uses 1024)."""
-    views: int = 3
+    views: ranged(int, 2) = 3
     """Number of training views per scene."""
     split: Path | None = None
     """JSON file with {"train": [...], "test": [...]} image names, overriding the protocol."""
@@ -26,7 +27,7 @@ class EvalConfig(ReconConfig):
     else the cluster started last on this machine, else a new local one ('local' always starts a new one).
     The workers need recon installed and the scene folders at the same paths; a cluster with Ray's token
     authentication also needs RAY_AUTH_MODE=token here."""
-    ray_cpus: float = 1.0
+    ray_cpus: PositiveFloat = 1.0
     """With --ray, CPUs reserved for each scene's task (torch uses that many threads in it)."""
     force: bool = False
     """Redo every scene; by default a scene whose OUT/<scene>/result.json holds a result of the same

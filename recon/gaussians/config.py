@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from recon.options import NonNegativeFloat, PositiveFloat, PositiveInt, ranged
+from recon.options import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ranged
 
 
 @dataclass
@@ -38,6 +38,6 @@ class InitConfig:
     conf_threshold: NonNegativeFloat = 0.0
     covis: bool = True
     covis_depth_tol: PositiveFloat = 0.03
-    covis_max_views: int = 16
+    covis_max_views: NonNegativeInt = 16
     rank_by: Literal["median", "mean"] = "median"
     scale_clamp: ranged(float, 0, lo_open=True, count=2) = (0.1, 10.0)

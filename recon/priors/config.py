@@ -6,18 +6,19 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from recon.errors import ReconError
+from recon.options import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, ranged
 
 PriorName = Literal["classical", "dust3r", "mast3r", "vggt"]
 
 
 @dataclass
 class AlignConfig:
-    iters: int = 300
+    iters: NonNegativeInt = 300
     """Adam steps of the joint optimisation (0: initialisation only)."""
-    lr: float = 0.01
-    conf_min: float = 1.5
+    lr: PositiveFloat = 0.01
+    conf_min: NonNegativeFloat = 1.5
     """Pixels with confidence below this are ignored (DUSt3R confidences start at 1)."""
-    conf_power: float = 1.0
+    conf_power: NonNegativeFloat = 1.0
     """Residual weight = conf ** conf_power (conf is clipped at 1e3 to avoid single-pixel dominance)."""
     optimize_focal: bool = True
     shared_focal: bool = False
@@ -28,20 +29,20 @@ class AlignConfig:
 class LearnedConfig:
     """Settings of the learned priors (``--learned.<field>`` on the command line)."""
 
-    batch_size: int = 4
+    batch_size: PositiveInt = 4
     """DUSt3R/MASt3R: image pairs per decoder pass (and images per encoder pass). VGGT sees all views in
     one pass (its global attention needs them together)."""
-    resolution: int | None = None
+    resolution: ranged(int, 16, optional=True) = None
     """Network input size: the long side for DUSt3R/MASt3R, the width for VGGT. None: the checkpoint's
     training size (512 for the released DUSt3R/MASt3R 512 models, 224 for the 224 one, 518 for VGGT)."""
-    map_max_side: int = 128
+    map_max_side: ranged(int, 4) = 128
     """Long side of the returned point maps and of DUSt3R/MASt3R's alignment grid (never more than the
     images' long side). The alignment runs on the CPU; its cost grows with the square of this."""
-    complete_max_views: int = 12
+    complete_max_views: ranged(int, 2) = 12
     """Pair graph: every pair of views up to this many views; beyond, a sliding window + keyframes."""
-    window: int = 3
+    window: PositiveInt = 3
     """Sliding window: each view is paired with the next ``window`` views in the input order."""
-    keyframes: int | None = None
+    keyframes: ranged(int, 0, optional=True) = None
     """Evenly spaced views (first and last included) paired with each other as long-range links in the
     sliding-window graph. None: round(sqrt(N))."""
     vggt_points: Literal["depth", "pointmap"] = "depth"

@@ -6,6 +6,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from recon.options import (
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Seed,
+    ranged,
+)
+
 
 @dataclass
 class PoseCorrectionConfig:
@@ -13,34 +23,34 @@ class PoseCorrectionConfig:
 
     enabled: bool = True
     """Detect and correct badly placed training cameras after the first optimisation round."""
-    mad_k: float = 4.0
+    mad_k: PositiveFloat = 4.0
     """A view is flagged when a score exceeds median + mad_k * 1.4826 * MAD over the views."""
-    min_reproj_frac: float = 0.02
+    min_reproj_frac: NonNegativeFloat = 0.02
     """...and its match reprojection error (median, as a fraction of the image diagonal) exceeds this."""
-    min_photo_ratio: float = 1.5
+    min_photo_ratio: PositiveFloat = 1.5
     """...or its photometric loss exceeds this many times the median view's (and the MAD rule)."""
-    max_features: int = 2000
+    max_features: PositiveInt = 2000
     """SIFT keypoints per view for the match-based score and PnP."""
-    match_ratio: float = 0.85
+    match_ratio: ranged(float, 0, 1, lo_open=True) = 0.85
     """Lowe ratio of the SIFT matching."""
-    grid_steps: int = 13
+    grid_steps: PositiveInt = 13
     """Azimuth steps of the rotation grid about the scene centre (per inlier camera)."""
-    grid_margin_deg: float = 10.0
+    grid_margin_deg: NonNegativeFloat = 10.0
     """The grid extends this far beyond the azimuth range of the inlier cameras on each side."""
-    top_k: int = 3
+    top_k: PositiveInt = 3
     """Candidates kept after the discrete search for continuous refinement."""
-    refine_iters: int = 150
+    refine_iters: NonNegativeInt = 150
     """Pose-only refinement steps of each kept candidate against the frozen Gaussians."""
-    refine_lr: float = 1e-2
+    refine_lr: PositiveFloat = 1e-2
     """Initial learning rate of that refinement (radians; translation in scene-extent units)."""
-    accept_ratio: float = 0.8
+    accept_ratio: ranged(float, 0, 1, lo_open=True) = 0.8
     """Accept a new pose only when its loss is below this fraction of the (refined) current pose's loss."""
-    support_depth_tol: float = 0.05
+    support_depth_tol: PositiveFloat = 0.05
     """A Gaussian belongs to the inliers' scene when it lies within this relative depth of an inlier's
     rendered surface."""
-    reopt_iters: int = 0
+    reopt_iters: NonNegativeInt = 0
     """Joint re-optimisation steps after a correction; 0 repeats the first round's ``iters``."""
-    max_outlier_frac: float = 0.34
+    max_outlier_frac: Fraction = 0.34
     """At most this fraction of the views is treated as outliers (the most deviant first)."""
 
 
@@ -54,33 +64,33 @@ class DiffusionConfig:
     """'img2img': multi-step image-to-image pipeline; 'fixer': one denoising step with the pipeline's
     VAE/UNet/scheduler (SD-Turbo-style fixers); 'auto': img2img when the pipeline has an image-to-image
     form, else fixer."""
-    rounds: int = 3
+    rounds: NonNegativeInt = 3
     """Refresh rounds: pseudo views are re-rendered and re-enhanced at the start of each."""
-    steps_per_round: int = 200
+    steps_per_round: PositiveInt = 200
     """Training steps between refreshes (Difix3D+'s K)."""
-    num_pseudo: int = 8
+    num_pseudo: PositiveInt = 8
     """Pseudo views per round, spread over the path through (and beyond) the training cameras."""
-    extrapolate: float = 0.25
+    extrapolate: NonNegativeFloat = 0.25
     """How far the pseudo-view path extends beyond the first/last training camera (in camera spacings)."""
-    pseudo_weight: float = 0.3
+    pseudo_weight: NonNegativeFloat = 0.3
     """Weight of a pseudo view's loss relative to a training view's."""
-    strength_start: float = 0.5
+    strength_start: Fraction = 0.5
     """Denoising strength of the first round (fraction of the noise schedule)."""
-    strength_end: float = 0.2
+    strength_end: Fraction = 0.2
     """Strength of the last round (linear in between): later renders are cleaner and need less change."""
-    inference_steps: int = 10
+    inference_steps: PositiveInt = 10
     """img2img: scheduler steps for strength 1 (the pipeline runs about strength x this many)."""
-    guidance_scale: float = 1.0
+    guidance_scale: NonNegativeFloat = 1.0
     """img2img classifier-free guidance (<= 1 disables it: the prompt is empty anyway)."""
     prompt: str = ""
     """Text prompt for text-conditioned models."""
-    batch_size: int = 4
+    batch_size: PositiveInt = 4
     """Images per diffusion call."""
-    depth_lambda: float = 0.05
+    depth_lambda: NonNegativeFloat = 0.05
     """Weight of the Pearson correlation of the training views' rendered depth with the prior's depth."""
-    lr_scale: float = 0.1
+    lr_scale: NonNegativeFloat = 0.1
     """Position learning rate of the stage relative to the first round's initial one (fine-tuning)."""
-    seed: int = 0
+    seed: Seed = 0
     """Seed of the diffusion noise and of the view order."""
 
 

@@ -65,10 +65,10 @@ class SfMConfig:
     """Rounds of guided matching once three or more views are placed: every matched pair of placed views
     (including pairs that failed verification) is matched again along the epipolar lines of the current
     cameras, and the model is re-triangulated and bundle-adjusted on the new tracks (0 disables)."""
-    guided_converged_deg: float = 0.05
+    guided_converged_deg: NonNegativeFloat = 0.05
     """Guided matching stops before ``guided_rounds`` once a round rotated no camera by more than this many
     degrees..."""
-    guided_converged_focal: float = 0.002
+    guided_converged_focal: NonNegativeFloat = 0.002
     """...and changed the focal by less than this fraction: the next round would re-find the same
     matches (each round costs a full guided matching of every pair)."""
     guided_epipolar_factor: PositiveFloat = 3.0
