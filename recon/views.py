@@ -22,6 +22,8 @@ class Views:
             "synthetic").
         root: the folder the views came from ("" for generated ones).
         meta: format-specific notes (e.g. {"distortion": ...}, LLFF "bounds").
+        files: the image file of each view (empty for views not loaded from files); the run manifest
+            records their contents.
     """
 
     images: torch.Tensor
@@ -31,6 +33,7 @@ class Views:
     source: str = "folder"
     root: str = ""
     meta: dict = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4 or self.images.shape[-1] != 3:
@@ -39,6 +42,8 @@ class Views:
             raise ValueError(f"{len(self.names)} names for {self.images.shape[0]} images")
         if self.cameras is not None and len(self.cameras) != len(self.names):
             raise ValueError(f"{len(self.cameras)} reference cameras for {len(self.names)} images")
+        if self.files and len(self.files) != len(self.names):
+            raise ValueError(f"{len(self.files)} files for {len(self.names)} images")
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -60,4 +65,5 @@ class Views:
             source=self.source,
             root=self.root,
             meta=dict(self.meta),
+            files=[self.files[i] for i in ids] if self.files else [],
         )

@@ -69,4 +69,5 @@ def views_with_cameras(
         source=source,
         root=str(root),
         meta=dict(meta or {}),
+        files=[str(p) for p in paths],
     )

@@ -10,10 +10,19 @@ What :func:`load_image` normalises away, so that every later stage sees plain RG
 - 16-bit PNG/TIFF: read at full depth with OpenCV (PIL would truncate 16-bit RGB) and divided by 65535.
 - Size: downscaled with ``cv2.INTER_AREA`` (the anti-aliased choice for shrinking) so the long side is
   at most ``max_side``; images are never upscaled.
+- Large photos: any size up to :data:`MAX_PIXELS` (400 megapixels; a 200-megapixel phone photo is
+  16320 x 12240) is read without PIL's decompression-bomb warning; larger files are refused with a
+  :class:`ReconError` before their pixels are decoded. JPEGs are decoded at 1/2, 1/4 or 1/8 scale when
+  that is still at least the final size (libjpeg's DCT scaling), and other 8-bit images above
+  :data:`REDUCE_ABOVE_PIXELS` are box-reduced by an exact integer factor before the float conversion,
+  so a huge photo never exists as a full-size float array.
 """
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -26,6 +35,24 @@ from recon.views import Views
 
 IMAGE_EXTS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 """Lower-case file extensions treated as images."""
+
+MAX_PIXELS = 400_000_000
+"""The largest image recon reads, in pixels (width x height): 400 megapixels."""
+REDUCE_ABOVE_PIXELS = 50_000_000
+"""8-bit non-JPEG images above this many pixels are box-reduced (exact integer factor) while still 8-bit."""
+
+# PIL warns above MAX_IMAGE_PIXELS and refuses above twice that (its decompression-bomb guard); recon
+# applies its own limit, MAX_PIXELS, from the header before decoding (see _open_image).
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class UnreadableImage(ReconError):
+    """An image file recon cannot read; ``reason`` is the short cause (for a list of several files)."""
+
+    def __init__(self, path: Path, reason: str, hint: str = "is the file corrupt or not an image?") -> None:
+        super().__init__(f"cannot read image {path}: {reason}" + (f" ({hint})" if hint else ""))
+        self.path = path
+        self.reason = reason
 
 _EXIF_IFD = 0x8769  # pointer to the Exif sub-IFD
 _TAG_ORIENTATION = 0x0112
@@ -112,17 +139,63 @@ def _decode_high_depth(path: Path, orientation: int) -> np.ndarray:
     return _orient(np.ascontiguousarray(arr), orientation)
 
 
-def _decode_pil(img: Image.Image) -> np.ndarray:
-    """An (already EXIF-transposed) PIL image -> RGB(A)/gray(+alpha) float array in [0, 1]."""
+def _standard_mode(img: Image.Image) -> Image.Image:
+    """A PIL image in one of the modes L, LA, RGB, RGBA (8 bits per channel)."""
     if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif img.mode == "PA":
-        img = img.convert("RGBA")
-    elif img.mode == "1":
-        img = img.convert("L")
-    elif img.mode not in ("L", "LA", "RGB", "RGBA"):
-        img = img.convert("RGBA" if "A" in img.getbands() else "RGB")  # CMYK, YCbCr, La, RGBa, ...
+        return img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode == "PA":
+        return img.convert("RGBA")
+    if img.mode == "1":
+        return img.convert("L")
+    if img.mode not in ("L", "LA", "RGB", "RGBA"):
+        return img.convert("RGBA" if "A" in img.getbands() else "RGB")  # CMYK, YCbCr, La, RGBa, ...
+    return img
+
+
+def _reduce_large(img: Image.Image, max_side: int | None) -> Image.Image:
+    """Box-reduce an 8-bit image of more than REDUCE_ABOVE_PIXELS by the largest integer factor that divides
+    both sides and keeps it at least as large as the final size (an exact, corner-aligned average, so the
+    final INTER_AREA resize keeps the geometry of a direct one)."""
+    width, height = img.size
+    if max_side is None or width * height <= REDUCE_ABOVE_PIXELS:
+        return img
+    target = _fit_size(width, height, max_side)
+    for k in range(max(width // target[0], 1), 1, -1):
+        if width % k == 0 and height % k == 0 and width // k >= target[0] and height // k >= target[1]:
+            return img.reduce(k)
+    return img
+
+
+def _decode_pil(img: Image.Image, max_side: int | None = None) -> np.ndarray:
+    """An (already EXIF-transposed) PIL image -> RGB(A)/gray(+alpha) float array in [0, 1]."""
+    img = _reduce_large(_standard_mode(img), max_side)
     return np.asarray(img, dtype=np.float32) / 255.0
+
+
+@contextmanager
+def _open_image(path: Path) -> Iterator[Image.Image]:
+    """``Image.open`` with recon's size limit (MAX_PIXELS) checked from the header, before any decoding,
+    and without PIL's decompression-bomb warning below it.
+
+    Raises:
+        ReconError: the image is larger than MAX_PIXELS.
+        UnreadableImage: the file is not an image PIL can open.
+    """
+    too_large = (f"image {path} is larger than {MAX_PIXELS // 1_000_000} megapixels, the most recon reads; "
+                 "downscale it first")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError:
+        raise ReconError(too_large) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise UnreadableImage(path, str(e)) from None
+    with img:
+        width, height = img.size
+        if width * height > MAX_PIXELS:
+            raise ReconError(f"{too_large} ({width}x{height} is {width * height / 1e6:.0f} megapixels)")
+        yield img
 
 
 def _draft_jpeg(img: Image.Image, max_side: int | None) -> None:
@@ -160,11 +233,11 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """(W, H) of an image file after EXIF orientation, read from its header without decoding the pixels."""
     path = Path(path)
     try:
-        with Image.open(path) as img:
+        with _open_image(path) as img:
             w, h = img.size
             orientation = int(img.getexif().get(_TAG_ORIENTATION, 1) or 1)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ReconError(f"cannot read image {path}: {e}") from None
+        raise UnreadableImage(path, str(e), hint="") from None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
@@ -185,13 +258,14 @@ def load_image(path: str | Path, max_side: int | None = None) -> tuple[torch.Ten
             (36 vs 0.8 * 43.3 = 34.6 mm): a prior, not a calibration.
 
     Raises:
-        ReconError: the file is missing, corrupt or not an image (the message names the file).
+        UnreadableImage: the file is missing, corrupt or not an image (the message names the file).
+        ReconError: the image is larger than :data:`MAX_PIXELS`.
     """
     path = Path(path)
     if not path.is_file():
-        raise ReconError(f"image {path} does not exist")
+        raise UnreadableImage(path, "the file does not exist", hint="")
     try:
-        with Image.open(path) as img:
+        with _open_image(path) as img:
             exif = img.getexif()
             orientation = int(exif.get(_TAG_ORIENTATION, 1) or 1)
             f35 = _focal_35mm(exif)
@@ -202,11 +276,11 @@ def load_image(path: str | Path, max_side: int | None = None) -> tuple[torch.Ten
             else:
                 _draft_jpeg(img, max_side)
                 img.load()  # decode now, so truncated/corrupt data fails here with the file named
-                arr = _decode_pil(ImageOps.exif_transpose(img))
+                arr = _decode_pil(ImageOps.exif_transpose(img), max_side)
     except ReconError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ReconError(f"cannot read image {path}: {e} (is the file corrupt or not an image?)") from None
+        raise UnreadableImage(path, str(e)) from None
     rgb = _to_rgb_on_white(arr)
     new_w, new_h = _fit_size(*full_size, max_side)  # from the full size: a JPEG draft is only a shortcut
     rgb = _resize_area(np.ascontiguousarray(rgb, dtype=np.float32), new_w, new_h)
@@ -221,16 +295,28 @@ def load_images(paths: list[Path], max_side: int | None = None) -> tuple[torch.T
     smallest one; EXIF focals are rescaled with them.
 
     Raises:
-        ReconError: an unreadable image, or aspect ratios that differ by more than 1 % (both files named).
+        ReconError: unreadable images (every one of them named in one message), or aspect ratios that
+            differ by more than 1 % (both files named).
     """
     if not paths:
         raise ReconError("no images to load")
     images: list[torch.Tensor] = []
     focals: list[float | None] = []
+    bad: list[UnreadableImage] = []
     for p in paths:
-        img, f = load_image(p, max_side)
+        try:
+            img, f = load_image(p, max_side)
+        except UnreadableImage as e:
+            bad.append(e)
+            continue
         images.append(img)
         focals.append(f)
+    if len(bad) == 1:
+        raise bad[0]
+    if bad:
+        listed = "; ".join(f"{e.path.name} ({e.reason})" for e in bad)
+        raise ReconError(f"{len(bad)} of {len(paths)} images in {bad[0].path.parent} cannot be read (corrupt "
+                         f"or not images): {listed}")
     sizes = [(int(im.shape[1]), int(im.shape[0])) for im in images]
     aspects = [w / h for w, h in sizes]
     ref = 0
@@ -288,4 +374,5 @@ def load_image_folder(
         exif_focal_px=focals,
         source="folder",
         root=str(folder),
+        files=[str(p) for p in paths],
     )
