@@ -69,7 +69,10 @@ def fundamental_magsac(
     """F with xb^T F xa = 0 from (M, 2) pixel correspondences; returns (F or None, (M,) inlier mask)."""
     if len(xa) < 8:
         return None, np.zeros(len(xa), bool)
-    F, m = cv2.findFundamentalMat(xa, xb, cv2.USAC_MAGSAC, thresh_px, confidence, max_iters)
+    try:
+        F, m = cv2.findFundamentalMat(xa, xb, cv2.USAC_MAGSAC, thresh_px, confidence, max_iters)
+    except cv2.error:  # OpenCV's USAC asserts on some degenerate sets (e.g. tiny images): no model
+        return None, np.zeros(len(xa), bool)
     if F is None or F.shape != (3, 3):
         return None, np.zeros(len(xa), bool)
     return F, _mask(m, len(xa))
@@ -79,7 +82,10 @@ def homography_inliers(xa: np.ndarray, xb: np.ndarray, thresh_px: float, confide
     """How many correspondences one homography explains (pure rotation or a planar scene)."""
     if len(xa) < 4:
         return 0
-    Hm, m = cv2.findHomography(xa, xb, cv2.USAC_MAGSAC, thresh_px, maxIters=5000, confidence=confidence)
+    try:
+        Hm, m = cv2.findHomography(xa, xb, cv2.USAC_MAGSAC, thresh_px, maxIters=5000, confidence=confidence)
+    except cv2.error:  # degenerate set (see fundamental_magsac)
+        return 0
     return 0 if Hm is None else int(_mask(m, len(xa)).sum())
 
 
@@ -90,7 +96,10 @@ def essential_magsac(
     n = len(xa)
     if n < 5:
         return None, None, None, np.zeros(n, bool)
-    E, m = cv2.findEssentialMat(xa, xb, K, cv2.USAC_MAGSAC, confidence, thresh_px, max_iters)
+    try:
+        E, m = cv2.findEssentialMat(xa, xb, K, cv2.USAC_MAGSAC, confidence, thresh_px, max_iters)
+    except cv2.error:  # degenerate set (see fundamental_magsac)
+        return None, None, None, np.zeros(n, bool)
     if E is None or E.shape != (3, 3):  # several stacked solutions or none: treat as a failure
         return None, None, None, np.zeros(n, bool)
     inl = _mask(m, n)
