@@ -83,6 +83,8 @@ class StageLog:
     verbose: bool = True
     prefix: str = ""
     stream: TextIO | None = None
+    current: str | None = None
+    """The stage running now; after a stage raised, the stage it raised in (what an interrupt stopped)."""
 
     @property
     def terminal(self) -> bool:
@@ -99,7 +101,9 @@ class StageLog:
         """Time the block as stage ``name``; print "<name> done in X s" when it ends."""
         reset_peak()
         t0, c0 = time.perf_counter(), time.process_time()
-        yield  # a stage that raises is neither recorded nor reported as done
+        outer, self.current = self.current, name
+        yield  # a stage that raises is neither recorded nor reported as done, and stays ``current``
+        self.current = outer
         self.add(name, time.perf_counter() - t0, time.process_time() - c0, mem_kib("VmHWM"))
         extra = f" ({detail})" if detail else ""
         self.say(f"{name}{extra} done in {time.perf_counter() - t0:.1f} s")

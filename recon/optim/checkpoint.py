@@ -43,3 +43,12 @@ def load_checkpoint(ckpt_dir: str | Path, map_location=None) -> dict | None:
     if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION:
         raise ReconError(f"checkpoint {path} is from an incompatible version; delete it to start over")
     return state
+
+
+def checkpoint_step(ckpt_dir: str | Path) -> int | None:
+    """The step of the checkpoint in ``ckpt_dir``, or None when there is none or it cannot be read."""
+    try:
+        state = load_checkpoint(ckpt_dir, map_location="cpu")
+    except ReconError:
+        return None
+    return None if state is None else int(state["step"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,10 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from recon.cameras import Cameras, camera_centers, se3_exp
-from recon.errors import ReconError
+from recon.errors import Interrupted, ReconError
 from recon.eval.metrics import psnr_per_image
 from recon.gaussians import Gaussians, num_sh_bases
-from recon.optim.checkpoint import load_checkpoint, save_checkpoint
+from recon.interrupts import deferred_interrupts
+from recon.optim.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from recon.optim.config import TrainConfig
 from recon.optim.losses import pearson_depth_loss, photometric_loss
 from recon.optim.schedules import exp_decay, resolution_level, sh_degree_at
@@ -290,15 +292,20 @@ def train(
         cfg: configuration (defaults: ``TrainConfig()``).
         depths: optional (N, H, W) depth priors for the Pearson loss (weight ``cfg.depth_lambda``; affine-
             invariant, so relative/monocular depth is fine; <= 0 marks missing values).
-        ckpt_dir: folder for ``train_state.pt`` (written every ``cfg.checkpoint_every`` steps, at a stop
-            and at the end).
+        ckpt_dir: folder for ``train_state.pt`` (written every ``cfg.checkpoint_every`` steps, at a stop,
+            at an interrupt and at the end).
         resume: continue from ``ckpt_dir/train_state.pt`` when it exists (the initial Gaussians and poses
-            are then ignored; the camera count must match).
+            are then ignored; the camera count must match); with ``progress`` the step it continues from
+            is printed.
         callback: called with a :class:`TrainState` every ``cfg.callback_every`` steps and at the end.
         control: pause/stop requests (a fresh one when None; the callback sees it in ``TrainState``).
         progress: show a progress bar.
 
     Returns a :class:`TrainResult`.
+
+    Raises:
+        Interrupted: on SIGINT/SIGTERM (main thread), at the end of the current step, after writing a
+            checkpoint of that step to ``ckpt_dir``; ``--resume`` continues from it exactly.
     """
     cfg = cfg or TrainConfig()
     t_start = time.perf_counter()
@@ -360,6 +367,9 @@ def train(
             )
         history = list(state["history"])
         step = int(state["step"])
+        if progress:
+            print(f"recon: training resumes at step {step} of {cfg.iters} ({checkpoint_path(ckpt_dir)})",
+                  file=sys.stderr, flush=True)
 
     def current_w2c() -> Tensor:
         return apply_pose_deltas(w2c_ref, pose_delta * pose_mask, extent)
@@ -392,10 +402,18 @@ def train(
     loss_sum, psnr_sum, n_acc = (0.0, 0.0, 0) if state is None else state["log_acc"]
     last_loss = last_psnr = float("nan")
     stopped = False
-    with StepReporter("train", cfg.iters, enabled=progress, start=step) as bar:
+
+    def interrupted(signum: int) -> Interrupted:
+        checkpoint()  # between two steps: the state is consistent and resumes exactly
+        return Interrupted(f"interrupted at training step {step} of {cfg.iters}", signum, step=step,
+                           total=cfg.iters, checkpoint=ckpt_dir is not None)
+
+    with StepReporter("train", cfg.iters, enabled=progress, start=step) as bar, deferred_interrupts() as sig:
         while step < cfg.iters:
-            while control.pause.is_set() and not control.stop.is_set():
+            while control.pause.is_set() and not control.stop.is_set() and sig.signum is None:
                 time.sleep(0.05)
+            if sig.signum is not None:
+                raise interrupted(sig.signum)
             if control.stop.is_set():
                 stopped = True
                 break
@@ -465,6 +483,8 @@ def train(
                                     snapshot_cameras(), control))
             if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0:
                 checkpoint()
+        if sig.signum is not None:  # arrived during the last step
+            raise interrupted(sig.signum)
     checkpoint()
     result_g = snapshot_gaussians()
     result_c = snapshot_cameras()
