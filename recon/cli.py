@@ -15,9 +15,10 @@ from typing import Literal
 import tyro
 
 from recon.config import ReconConfig
-from recon.errors import ReconError
+from recon.errors import Interrupted, ReconError
 from recon.eval.config import EvalConfig
 from recon.export.config import ExportConfig
+from recon.options import Port, validate_options
 
 
 @dataclass(kw_only=True)
@@ -29,11 +30,13 @@ class RunArgs(ReconConfig):
     out: Path = Path("outputs/run")
     """Output folder (point_cloud.ply, cameras.json, sparse/0, renders/, metrics.json)."""
     resume: bool = False
-    """Continue an interrupted run in OUT from its cached prior and last checkpoint."""
+    """Continue the interrupted run in OUT from its cached prior and last checkpoint; refused (exit 2)
+    when the photos or options differ from that run's (OUT/manifest.json); a finished run is left as it
+    is."""
     viewer: bool = False
     """Show the scene live in the browser while training (needs the 'viewer' extra)."""
-    port: int = 8080
-    """Viewer port (a free one is picked when it is taken)."""
+    port: Port = 8080
+    """Viewer port (a free one is picked when it is taken; 0: any free one)."""
 
 
 @dataclass
@@ -83,8 +86,8 @@ class ViewArgs:
     """An output folder (point_cloud.ply, cameras.json, ...) or a 3D Gaussian .ply file."""
     host: str = "127.0.0.1"
     """Address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)."""
-    port: int = 8080
-    """Port to listen on (a free one is picked when it is taken)."""
+    port: Port = 8080
+    """Port to listen on (a free one is picked when it is taken; 0: any free one)."""
 
 
 def _eval(args: EvalArgs) -> int:
@@ -123,8 +126,24 @@ def _run(args: RunArgs) -> int:
     finally:
         if viewer is not None:
             viewer.close()
+    _print_views(recon.metrics)
     _print_summary(recon.metrics, args.out)
     return 0
+
+
+def _print_views(metrics: dict) -> None:
+    """How many photos the run used, of how many, and which it left out (each with its reason)."""
+    v = metrics.get("views")
+    if not v:
+        return
+    held = v.get("held_out", 0)
+    total = v["total"] + held
+    line = f"recon: used {v['registered']} of {total} photos for training"
+    if held:
+        line += f", {held} held out for testing"
+    if v["failed"]:
+        line += f"; not placed by the prior: {', '.join(f'{k} ({r})' for k, r in v['failed'].items())}"
+    print(line)
 
 
 def _view(args: ViewArgs) -> int:
@@ -183,12 +202,16 @@ def main(argv: list[str] | None = None) -> int:
             prog="recon",
         )
         handler = next(h for t, h in commands.values() if isinstance(args, t))
+        validate_options(args)
         return handler(args)
     except ReconError as e:
         print(f"recon: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # the message says what was kept and what --resume continues from
+        print(f"recon: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("recon: interrupted; files written so far are complete (--resume continues)", file=sys.stderr)
+        print("recon: interrupted; files written so far are complete", file=sys.stderr)
         return 130
     except Exception as e:  # an internal error: one line unless debugging
         if os.environ.get("RECON_DEBUG"):

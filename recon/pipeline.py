@@ -8,6 +8,7 @@ The CLI (:mod:`recon.cli`) is a thin layer over :func:`run`.
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +17,13 @@ import torch
 
 from recon.cameras import Cameras
 from recon.config import ReconConfig
-from recon.errors import ReconError
+from recon.errors import Interrupted, ReconError
 from recon.eval.metrics import camera_pose_metrics
 from recon.eval.novel_view import align_reference_cameras, evaluate_test_views, score_views
 from recon.gaussians.init import init_from_prior
+from recon.interrupts import terminate_as_interrupt
 from recon.optim.trainer import TrainState, render_images, train
+from recon.options import validate_options
 from recon.priors.base import PriorResult
 from recon.priors.factory import dense_prior_for_cameras, make_prior
 from recon.progress import StageLog
@@ -122,6 +125,10 @@ def reconstruct(
     if len(prior.cameras) < 2:
         reasons = "; ".join(f"{k}: {v}" for k, v in prior.failed.items())
         raise ReconError(f"could place only {len(prior.cameras)} of {len(views)} views ({reasons})")
+    for name, reason in prior.failed.items():
+        log.say(f"view {name} not placed, left out: {reason}")
+    if prior.failed:
+        log.say(f"using {len(prior.cameras)} of {len(views)} views ({len(prior.failed)} not placed)")
     train_views = _training_views(views, prior)
 
     with log.stage("init"):
@@ -214,33 +221,110 @@ def run(
     log: StageLog | None = None,
 ) -> Reconstruction:
     """Load ``path`` (an image folder or dataset, or ready ``Views``), reconstruct, evaluate held-out views,
-    and write every output into ``out``. With ``resume`` a cached prior and trainer checkpoint are reused.
+    and write every output into ``out``.
+
+    Before any work the options and the output folder are checked (:func:`check_output_folder`); after
+    loading, the run manifest is the first file written to ``out``. With ``resume`` the run in ``out``
+    continues from its cached prior and trainer checkpoint, provided its manifest matches this input and
+    configuration (else :class:`ReconError` names what differs); a finished run is returned as it is.
+    A run without ``resume`` drops the previous run's cache and checkpoint; its outputs replace the
+    previous ones only once they are all written.
 
     Held-out views are every ``cfg.test_every``-th input view, or ``test_views`` when given (they need
-    reference cameras in the same frame as the training views' references)."""
-    from recon.io.atomic import atomic_write_json
+    reference cameras in the same frame as the training views' references).
+
+    Raises:
+        ReconError: bad options, output folder or input, or a ``resume`` that would mix runs.
+        Interrupted: SIGINT or SIGTERM; the prior is cached as soon as it is computed and training
+            saves a checkpoint of its current step, and the message says what ``resume`` continues from.
+    """
     from recon.io.datasets import load_views
-    from recon.io.export import to_jsonable, write_outputs
-    from recon.io.prior_cache import load_prior, save_prior
+    from recon.io.run_folder import (
+        build_manifest,
+        check_output_folder,
+        clear_leftovers,
+        clear_state,
+        has_run_files,
+        read_manifest,
+        resume_mismatch,
+        set_status,
+        write_manifest,
+    )
 
     cfg = cfg or ReconConfig()
+    validate_options(cfg)
+    resolve_device(cfg.device)
+    out = Path(out)
+    check_output_folder(out, None if isinstance(path, Views) else Path(path))
     t0 = time.perf_counter()
     log = log if log is not None else StageLog(verbose=progress)
-    with log.stage("load"):
+    with terminate_as_interrupt(), log.stage("load"):  # SIGTERM stops it as Ctrl-C does
         views = path if isinstance(path, Views) else load_views(Path(path), max_side=cfg.max_side)
+        manifest = build_manifest(views, cfg)  # hashes the photos
     if test_views is None:
         train_views, test_views = split_views(views, cfg.test_every)
     else:
         train_views = views
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    cache = out / "cache" / "prior.safetensors"
-    prior = load_prior(cache) if resume and cache.is_file() else None
+    previous = read_manifest(out) if resume else None
+    if resume and previous is None:
+        if has_run_files(out):
+            raise ReconError(f"{out} holds no run manifest ({out / 'manifest.json'}): it was not written by "
+                             "this version of recon; run without --resume to start over")
+        log.say(f"nothing to resume in {out}: starting a new run")
+        resume = False
+    if previous is not None:
+        reason = resume_mismatch(previous, manifest)
+        if reason is not None:
+            raise ReconError(f"cannot --resume the run in {out}: {reason}; use the same input and options, "
+                             "or run without --resume to start over (or use another --out)")
+        if previous.get("status") == "finished":
+            log.say(f"the run in {out} is already finished: nothing to do (run without --resume to redo it)")
+            return _finished_run(out, train_views, previous)
+        manifest = previous | {"status": "running", "options": manifest["options"]}
+    else:
+        clear_state(out)
+    clear_leftovers(out)
+    created = not out.exists()
+    write_manifest(out, manifest)
+    try:
+        with terminate_as_interrupt():
+            recon = _run_stages(out, views, train_views, test_views, cfg, resume, callback, progress, log, t0)
+    except KeyboardInterrupt as e:
+        fields = ("step", "total", "checkpoint")
+        kept = {k: getattr(e, k) for k in fields} if isinstance(e, Interrupted) else {}
+        raise Interrupted(_interrupt_message(e, out, cfg, log), getattr(e, "signum", signal.SIGINT), **kept) \
+            from None
+    except ReconError as e:
+        _discard_failed(out, manifest, created, str(e))
+        raise
+    set_status(out, manifest, "finished", finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    return recon
+
+
+def _run_stages(
+    out: Path, views: Views, train_views: Views, test_views: Views | None, cfg: ReconConfig, resume: bool,
+    callback: Callable[[TrainState], None] | None, progress: bool, log: StageLog, t0: float,
+) -> Reconstruction:
+    """The stages of :func:`run` once its manifest is written: prior (cached at once), reconstruction,
+    held-out scoring, outputs (staged, then published over the previous run's)."""
+    from recon.io.atomic import atomic_write_json
+    from recon.io.export import to_jsonable, write_outputs
+    from recon.io.prior_cache import save_prior
+    from recon.io.run_folder import publish_outputs, staging_folder
+    from recon.optim.checkpoint import checkpoint_path
+
+    cache, ckpt_dir = out / "cache" / "prior.safetensors", out / "checkpoints"
+    prior = _cached_prior(cache, train_views) if resume else None
+    if resume:
+        log.say(f"resuming the run in {out}: " + ("prior from its cache" if prior is not None
+                                                  else "no cached prior yet, computing it"))
+        if not checkpoint_path(ckpt_dir).is_file():
+            log.say("no training checkpoint yet: training starts at step 0")
     if prior is None:
         prior = estimate_geometry(train_views, cfg, resolve_device(cfg.device), log)
-        save_prior(cache, prior)
+        save_prior(cache, prior)  # at once: an interrupt from here on keeps it
     recon = reconstruct(
-        train_views, cfg, prior=prior, ckpt_dir=out / "checkpoints", resume=resume, callback=callback,
+        train_views, cfg, prior=prior, ckpt_dir=ckpt_dir, resume=resume, callback=callback,
         progress=progress, log=log,
     )
     with torch.no_grad():
@@ -251,12 +335,94 @@ def run(
         with log.stage("held-out pose fitting and scoring"):
             recon.metrics["test"], test_renders = evaluate_held_out(recon, test_views, cfg, ref_train)
         renders["test"] = (test_views.names, test_renders, test_views.images)
+        recon.metrics["views"]["held_out"] = len(test_views)
     recon.metrics["input"] = {"path": str(views.root), "format": views.source, "size": list(views.size)}
+    staging = staging_folder(out)
     with log.stage("export"):
-        write_outputs(recon, out, config=cfg, renders=renders)
-    # metrics.json again, now with the export's own time and the total
-    recon.metrics["timings"] = log.as_dict()
+        write_outputs(recon, staging, config=cfg, renders=renders)
+    recon.metrics["timings"] = log.as_dict()  # now with the export's own time
     recon.metrics["seconds"] = time.perf_counter() - t0
-    atomic_write_json(out / "metrics.json", to_jsonable(recon.metrics))
+    atomic_write_json(staging / "metrics.json", to_jsonable(recon.metrics))
+    publish_outputs(staging, out)
     return recon
 
+
+def _cached_prior(cache: Path, train_views: Views) -> PriorResult | None:
+    """The prior cached in ``cache`` (None when there is none), checked against the training views.
+
+    Raises:
+        ReconError: the file cannot be read or does not belong to these views.
+    """
+    from recon.io.prior_cache import load_prior
+
+    if not cache.is_file():
+        return None
+    try:
+        prior = load_prior(cache)
+    except Exception as e:  # noqa: BLE001 - any damage means the same thing to the user
+        raise ReconError(f"cannot read the cached prior {cache} ({type(e).__name__}); delete it to compute "
+                         "it again, or run without --resume") from None
+    unknown = [n for n in prior.cameras.names if n not in train_views.names]
+    sizes_ok = bool((prior.cameras.sizes == torch.tensor(train_views.size)).all())
+    if unknown or not sizes_ok:
+        raise ReconError(f"the cached prior {cache} does not belong to these photos; delete it to compute it "
+                         "again, or run without --resume")
+    return prior
+
+
+def _finished_run(out: Path, train_views: Views, manifest: dict) -> Reconstruction:
+    """The reconstruction a finished run in ``out`` published, read back from its files."""
+    import json
+
+    from recon.io.cameras_json import load_cameras_json
+    from recon.io.ply import load_ply
+
+    try:
+        cameras, initial = load_cameras_json(out / "cameras.json")
+        gaussians = load_ply(out / "point_cloud.ply")
+        metrics = json.loads((out / "metrics.json").read_text())
+        views = train_views.subset(cameras.names)
+    except (ReconError, OSError, ValueError, KeyError) as e:
+        raise ReconError(f"the run in {out} is marked finished but its outputs are damaged ({e}); run "
+                         "without --resume to redo it") from None
+    cache = out / "cache" / "prior.safetensors"
+    prior = _cached_prior(cache, train_views)
+    return Reconstruction(cameras=cameras, initial_cameras=initial if initial is not None else cameras,
+                          gaussians=gaussians, views=views, prior=prior, metrics=metrics)
+
+
+def _interrupt_message(e: KeyboardInterrupt, out: Path, cfg: ReconConfig, log: StageLog) -> str:
+    """One line: where the run was stopped and what ``--resume`` continues from."""
+    from recon.optim.checkpoint import checkpoint_step
+
+    how = e.signal_name if isinstance(e, Interrupted) else "Ctrl-C"
+    stage = log.current or "start-up"
+    if isinstance(e, Interrupted) and e.checkpoint and stage == "train":
+        return (f"interrupted ({how}) at training step {e.step} of {e.total}; checkpoint saved in "
+                f"{out / 'checkpoints'}: --resume continues from step {e.step}")
+    step = checkpoint_step(out / "checkpoints")
+    if step is not None:
+        done = step >= cfg.train.iters
+        then = " (training was done: refinement, scoring and export run again)" if done else ""
+        kept = f"--resume continues from the training checkpoint at step {step} of {cfg.train.iters}{then}"
+    elif (out / "cache" / "prior.safetensors").is_file():
+        kept = "--resume continues from the cached prior (training starts at step 0)"
+    else:
+        kept = "nothing was saved yet: --resume starts from the beginning"
+    return f"interrupted ({how}) during {stage}; {kept}"
+
+
+def _discard_failed(out: Path, manifest: dict, created: bool, error: str) -> None:
+    """After a user error: a folder this run created and that holds nothing but the manifest is removed
+    (no empty output folder); otherwise the manifest records the failure."""
+    import shutil
+
+    from recon.io.run_folder import set_status
+
+    leftovers = [p for p in out.iterdir() if p.name not in ("manifest.json", "cache", "checkpoints")] \
+        if out.is_dir() else []
+    state = [p for p in (out / "cache", out / "checkpoints") if p.exists() and any(p.iterdir())]
+    if created and not leftovers and not state:
+        shutil.rmtree(out, ignore_errors=True)
+    elif out.is_dir():
+        set_status(out, manifest, "failed", error=error)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +50,38 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+REPLACED_PREFIX = ".replaced-"
+"""Name prefix of an entry moved aside by :func:`replace_entries` just before it is deleted."""
+
+
+def replace_entries(src: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Move every entry of folder ``src`` into folder ``dest`` (same file system), replacing the entries
+    of the same names whole, then remove ``src``.
+
+    A file replaces a file with one ``os.replace`` (atomic). A folder cannot be renamed over a non-empty
+    one, so the old entry is first renamed aside (``.replaced-*``), the new one renamed into place and
+    the old one deleted: a reader sees the old or the new folder, never a mix of both, and at worst (a
+    kill between the two renames) no folder of that name, with the new one still in ``src``.
+    """
+    src, dest = Path(src), Path(dest)
+    for entry in sorted(src.iterdir()):
+        target = dest / entry.name
+        if entry.is_dir() or target.is_dir():
+            aside = None
+            if target.exists():
+                aside = dest / f"{REPLACED_PREFIX}{uuid.uuid4().hex[:12]}-{entry.name}"
+                os.replace(target, aside)
+            os.replace(entry, target)
+            if aside is not None:
+                if aside.is_dir():
+                    shutil.rmtree(aside)
+                else:
+                    aside.unlink()
+        else:
+            os.replace(entry, target)
+    src.rmdir()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
