@@ -110,6 +110,9 @@ def _eval(args: EvalArgs) -> int:
 
 
 def _run(args: RunArgs) -> int:
+    from recon.outdir import check_output_folder
+
+    check_output_folder(args.out, args.path)  # before the pipeline's imports: a bad --out fails at once
     from recon.pipeline import run
     from recon.progress import StageLog
 

@@ -241,7 +241,6 @@ def run(
     from recon.io.datasets import load_views
     from recon.io.run_folder import (
         build_manifest,
-        check_output_folder,
         clear_leftovers,
         clear_state,
         has_run_files,
@@ -250,6 +249,7 @@ def run(
         set_status,
         write_manifest,
     )
+    from recon.outdir import check_output_folder
 
     cfg = cfg or ReconConfig()
     validate_options(cfg)

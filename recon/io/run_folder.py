@@ -1,8 +1,7 @@
 """The output folder of ``recon run``: checked before any work, described by a manifest, replaced whole.
 
-- :func:`check_output_folder`: the folder (or the nearest folder above it that exists) must be writable,
-  and it must be neither the input folder nor inside it (recon's COLMAP model in ``OUT/sparse`` would be
-  read as the dataset's own poses by the next run, ``--poses dataset`` and ``recon eval``).
+- :func:`recon.outdir.check_output_folder` (torch-free, so the CLI runs it first): the folder must be
+  writable, and neither the input folder nor inside it.
 - The run manifest, ``OUT/manifest.json``, is the first file a run writes: the recon version, the input
   folder, every photo used (path, size in bytes, SHA-256 of its content), the reference cameras' hash
   when the input has them, every option that shapes the result, and the run's status ("running",
@@ -18,9 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -33,16 +30,11 @@ from recon.config import ReconConfig
 from recon.errors import ReconError
 from recon.io.atomic import REPLACED_PREFIX, atomic_write_json, replace_entries
 from recon.options import option_values
+from recon.outdir import OUTPUT_ENTRIES, STAGING_PREFIX, STATE_ENTRIES
 from recon.views import Views
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = 1
-STATE_ENTRIES = ("cache", "checkpoints")
-"""Resumable state of the current run: the cached prior and the trainer's checkpoint."""
-OUTPUT_ENTRIES = ("point_cloud.ply", "cameras.json", "sparse", "images", "renders", "metrics.json",
-                  "config.json")
-"""What a finished run publishes (see :func:`recon.io.export.write_outputs`)."""
-STAGING_PREFIX = ".incoming-"
 IGNORED_OPTIONS = frozenset({"--device", "--checkpoint-every", "--callback-every"})
 """Options that do not change a run's result, so ``--resume`` may differ in them."""
 
@@ -50,49 +42,6 @@ IGNORED_OPTIONS = frozenset({"--device", "--checkpoint-every", "--callback-every
 # --------------------------------------------------------------------------------------------------
 # The folder itself
 # --------------------------------------------------------------------------------------------------
-
-
-def input_folder(path: Path) -> Path:
-    """The folder an input path stands for (a dataset's marker file stands for its folder)."""
-    path = Path(path).expanduser().resolve()
-    return path.parent if path.is_file() else path
-
-
-def check_output_folder(out: Path, input_path: Path | None) -> None:
-    """Refuse an output folder that cannot work, before anything runs (nothing is created).
-
-    Raises:
-        ReconError: OUT is a file, lies under a file, is not writable, is the input folder or inside it,
-            or holds the input inside a folder that the run replaces (``OUT/images``, ...).
-    """
-    out_abs = Path(out).expanduser().resolve()
-    if out_abs.exists() and not out_abs.is_dir():
-        raise ReconError(f"--out {out} is a file; pass a folder (it is created when missing)")
-    if input_path is not None:
-        inp = input_folder(input_path)
-        if out_abs == inp or inp in out_abs.parents:
-            where = "the input folder" if out_abs == inp else f"inside the input folder {inp}"
-            raise ReconError(
-                f"--out {out} is {where}; recon's outputs there (a COLMAP model in sparse/, images/) would "
-                "be read as input by the next run, --poses dataset and recon eval: choose a folder outside it"
-            )
-        if out_abs in inp.parents:
-            top = inp.relative_to(out_abs).parts[0]
-            if top in STATE_ENTRIES + OUTPUT_ENTRIES or top.startswith(STAGING_PREFIX):
-                raise ReconError(f"the input {inp} is inside {out_abs / top}, which this run replaces; "
-                                 "copy the photos elsewhere or choose another --out")
-    probe = out_abs
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ReconError(f"cannot create --out {out}: {probe} is a file")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".recon-write-test-")
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as e:
-        raise ReconError(f"--out {out} is not writable ({probe}: {e.strerror or e}); choose another folder") \
-            from None
 
 
 def clear_state(out: Path) -> None:
