@@ -197,11 +197,12 @@ def image_pyramid(
     return out
 
 
-def _random_crop(level: _Level, scale: float, gen: torch.Generator) -> _Level:
+def _random_crop(level: _Level, scale: float, gen: torch.Generator, min_side: int = 1) -> _Level:
     """A random window of ``scale`` times each side of ``level``'s images (the same for every view), with
-    the principal point moved to the window's corner so that it renders as that part of the image."""
+    the principal point moved to the window's corner so that it renders as that part of the image. Images
+    whose window would have a long side under ``min_side`` are returned whole (too little to fit)."""
     cw, ch = max(1, round(level.width * scale)), max(1, round(level.height * scale))
-    if cw >= level.width and ch >= level.height:
+    if (cw >= level.width and ch >= level.height) or max(cw, ch) < min_side:
         return level
     x0 = int(torch.randint(0, level.width - cw + 1, (1,), generator=gen))
     y0 = int(torch.randint(0, level.height - ch + 1, (1,), generator=gen))
@@ -434,7 +435,7 @@ def train(
             level = resolution_level(step, cfg.iters, len(pyramid) - 1, cfg.coarse_fraction)
             lv = pyramid[level]
             if level == 0 and step < cfg.crop_until * cfg.iters:
-                lv = _random_crop(lv, cfg.crop_scale, gen)
+                lv = _random_crop(lv, cfg.crop_scale, gen, cfg.coarse_min_side)
             out = _rasterize(g, w2c, lv.K[ids], lv.width, lv.height, degree, bg)
             rgb = out.rgb[..., :3]
             gt = lv.images[ids]
