@@ -55,6 +55,8 @@ class BenchConfig:
     """Print one JSON object instead of tables."""
     keep: Path | None = None
     """Keep every case's output folder under this folder (default: a temporary folder, removed)."""
+    only: tuple[str, ...] = ()
+    """Run only the cases whose name contains one of these words (e.g. ``--only fern demo``)."""
     write: Path | None = None
     """Also put the summary table of each suite into this markdown file (the README), between the lines
     ``<!-- bench-<suite>:start -->`` and ``<!-- bench-<suite>:end -->``."""
@@ -197,8 +199,9 @@ def summary_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _command_line(suite: str) -> str:
-    cmd = f"python scripts/bench_pipeline.py --suite {suite} --write README.md"
+def _command_line(suite: str, only: tuple[str, ...] = ()) -> str:
+    only = f" --only {' '.join(only)}" if only else ""
+    cmd = f"python scripts/bench_pipeline.py --suite {suite}{only} --write README.md"
     return f"(`{cmd}`, one run, {os.cpu_count()} CPUs)"
 
 
@@ -206,7 +209,8 @@ def main(cfg: BenchConfig) -> None:
     with tempfile.TemporaryDirectory(prefix="recon-bench-") as tmp:
         work = cfg.keep if cfg.keep is not None else Path(tmp)
         rows = []
-        for i, case in enumerate(cases(cfg, work)):
+        todo = [c for c in cases(cfg, work) if not cfg.only or any(w in c.name for w in cfg.only)]
+        for i, case in enumerate(todo):
             if not cfg.json:
                 print(f"[{i + 1}] {case.name} ...", file=sys.stderr, flush=True)
             rows.append(dict(run_case(case, work / f"case{i}"), suite=case.suite))
@@ -218,7 +222,7 @@ def main(cfg: BenchConfig) -> None:
         text = cfg.write.read_text()
         for suite in cfg.suite:
             mine = [r for r in rows if r["suite"] == suite]
-            text = replace_block(text, summary_table(mine) + "\n\n" + _command_line(suite),
+            text = replace_block(text, summary_table(mine) + "\n\n" + _command_line(suite, cfg.only),
                                  f"<!-- bench-{suite}:start -->", f"<!-- bench-{suite}:end -->")
         atomic_write_text(cfg.write, text)
     if cfg.json:
