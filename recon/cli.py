@@ -45,8 +45,8 @@ class DemoArgs:
     held-out PSNR, pose error, and the Chamfer distance of its exported mesh (OUT/mesh.ply)."""
 
     out: Path = Path("outputs/demo")
-    iters: int = 1000
-    """Optimisation steps."""
+    iters: int = 400
+    """Optimisation steps (the densification schedule is compressed to them; recon.demo.DEMO_ITERS)."""
     poses: Literal["prior", "dataset"] = "prior"
     """'prior': estimate the cameras (pose-free, the main job); 'dataset': use the scene's true cameras."""
 

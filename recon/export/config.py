@@ -19,7 +19,7 @@ class MeshConfig:
     2nd-98th percentiles (per axis) of the points seen through the fused depth maps.
     """
 
-    voxels_per_extent: float = 192.0
+    voxels_per_extent: float = 128.0
     """Voxel size = extent / this (ignored when ``voxel_size`` is set)."""
     voxel_size: float | None = None
     """TSDF voxel edge in world units (overrides ``voxels_per_extent``)."""
@@ -32,14 +32,17 @@ class MeshConfig:
     they fill in the surfaces that the renders of neighbouring views agree on."""
     min_alpha: float = 0.9
     """Pixels whose accumulated opacity is below this are not fused (background, floaters, edges)."""
-    min_views: float = 2.0
+    min_views: float = 1.0
     """Voxels updated by fewer views than this are left out of the surface (a multi-view check)."""
     edge_rel_depth: float = 0.05
     """Pixels at a depth discontinuity are not fused (the expected depth there blends the two surfaces):
     where the second difference of inverse depth exceeds this fraction of it, and their neighbours
     (planes, however slanted, have none); 0 disables."""
-    largest_component: bool = True
-    """Keep only the largest connected component of the mesh (drops floating fragments)."""
+    min_component: float = 0.01
+    """Connected components with fewer triangles than this fraction of the mesh are removed (floaters and
+    fragments); the largest always stays, so 1 keeps only the largest component and 0 keeps everything.
+    Not 1 by default: separate objects are separate components (the demo scene's sphere touches its floor
+    in one point), and keeping only the largest drops them."""
     obj: bool = False
     """Also write the mesh as a Wavefront .obj (vertex colours) beside the .ply."""
 
