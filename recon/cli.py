@@ -18,7 +18,7 @@ from recon.config import ReconConfig
 from recon.errors import Interrupted, ReconError
 from recon.eval.config import EvalConfig
 from recon.export.config import ExportConfig
-from recon.options import Port, validate_options
+from recon.options import Port, ranged, validate_options
 
 
 @dataclass(kw_only=True)
@@ -45,7 +45,7 @@ class DemoArgs:
     held-out PSNR, pose error, and the Chamfer distance of its exported mesh (OUT/mesh.ply)."""
 
     out: Path = Path("outputs/demo")
-    iters: int = 400
+    iters: ranged(int, 10) = 400
     """Optimisation steps (the densification schedule is compressed to them; recon.demo.DEMO_ITERS)."""
     poses: Literal["prior", "dataset"] = "prior"
     """'prior': estimate the cameras (pose-free, the main job); 'dataset': use the scene's true cameras."""

@@ -63,7 +63,7 @@ class MeshResult:
     Attributes:
         mesh: the open3d ``TriangleMesh`` (vertex colours in [0, 1], world coordinates of the cameras).
         info: JSON-ready numbers: extent, voxel_size, sdf_trunc, fused views, vertices, triangles,
-            components, and the fraction of triangles kept by the component filter.
+            connected components found and kept, and the fraction of triangles kept.
     """
 
     mesh: open3d.geometry.TriangleMesh
@@ -141,14 +141,14 @@ def fused_extent(views: DepthViews) -> float:
     return float(0.5 * np.linalg.norm(hi - lo))
 
 
-def drop_small_components(mesh: open3d.geometry.TriangleMesh, min_fraction: float) -> tuple[int, float]:
+def drop_small_components(mesh: open3d.geometry.TriangleMesh, min_fraction: float) -> tuple[int, int, float]:
     """Remove the connected components with fewer than ``min_fraction`` of the mesh's triangles, in place;
     the largest component always stays (``min_fraction`` = 1 keeps only it).
 
-    Returns the number of components before and the fraction of triangles kept.
+    Returns the number of components found, the number kept and the fraction of triangles kept.
     """
     if len(mesh.triangles) == 0:
-        return 0, 1.0
+        return 0, 0, 1.0
     clusters, n_tri, _ = mesh.cluster_connected_triangles()
     clusters = np.asarray(clusters)
     n_tri = np.asarray(n_tri)
@@ -156,7 +156,7 @@ def drop_small_components(mesh: open3d.geometry.TriangleMesh, min_fraction: floa
     keep[int(n_tri.argmax())] = True
     mesh.remove_triangles_by_mask(~keep[clusters])
     mesh.remove_unreferenced_vertices()
-    return len(n_tri), float(n_tri[keep].sum() / n_tri.sum())
+    return len(n_tri), int(keep.sum()), float(n_tri[keep].sum() / n_tri.sum())
 
 
 def _block_count(views: DepthViews, block_len: float) -> int:
@@ -207,7 +207,7 @@ def fuse_tsdf(views: DepthViews, cfg: MeshConfig) -> MeshResult:
         grid.integrate(blocks, depth, color, intr, intr, extr, 1.0, depth_max, trunc_mult)
     # open3d keeps voxels whose weight (one per integrated view) exceeds the threshold
     mesh = grid.extract_triangle_mesh(weight_threshold=float(cfg.min_views) - 0.5).to_legacy()
-    n_components, kept = drop_small_components(mesh, cfg.min_component)
+    found, kept_components, kept = drop_small_components(mesh, cfg.min_component)
     if len(mesh.triangles) == 0:
         raise ReconError("the fused mesh is empty (no surface crossed the TSDF volume)")
     info = {
@@ -217,7 +217,8 @@ def fuse_tsdf(views: DepthViews, cfg: MeshConfig) -> MeshResult:
         "views": len(views.cameras),
         "vertices": len(mesh.vertices),
         "triangles": len(mesh.triangles),
-        "components": n_components,
+        "components_found": found,
+        "components_kept": kept_components,
         "kept_fraction": kept,
     }
     return MeshResult(mesh=mesh, info=info)
