@@ -76,7 +76,9 @@ def _torch_load(path: Path) -> Any:
             f"refusing to load {path}: it contains Python objects other than tensors{culprit}; "
             "only plain weight checkpoints are loaded (convert it to .safetensors from a trusted environment)"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
+    # Arbitrary bytes make the weights-only unpickler fail in many ways (seen: IndexError, KeyError)
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError,
+            AssertionError) as e:
         raise ReconError(
             f"cannot read {path} as a PyTorch checkpoint ({type(e).__name__}); is it complete?"
         ) from None
