@@ -427,3 +427,23 @@ class Cameras:
             torch.cat([c.sizes for c in items]),
             [n for c in items for n in c.names],
         )
+
+
+def interpolate_cameras(cameras: Cameras, i: int, j: int, ts: list[float] | torch.Tensor) -> Cameras:
+    """Cameras between ``cameras[i]`` and ``cameras[j]`` at fractions ``ts`` (0 -> i, 1 -> j).
+
+    Camera centres are interpolated linearly and orientations along the geodesic (slerp on SO(3));
+    intrinsics and image size are those of camera i.
+    """
+    ts = torch.as_tensor(ts, dtype=torch.float64).reshape(-1)
+    c2w = invert_rigid(cameras.w2c.double())
+    Ra, Rb = c2w[i, :3, :3], c2w[j, :3, :3]
+    Ca, Cb = c2w[i, :3, 3], c2w[j, :3, 3]
+    omega = so3_log(Rb @ Ra.T)
+    R = so3_exp(ts[:, None] * omega) @ Ra
+    C = Ca + ts[:, None] * (Cb - Ca)
+    w2c = invert_rigid(make_rigid(R, C)).float()
+    n = len(ts)
+    names = [f"interp_{i:03d}_{j:03d}_{k:02d}.png" for k in range(n)]
+    K = cameras.K[i : i + 1].expand(n, 3, 3).clone()
+    return Cameras(K, w2c, cameras.sizes[i : i + 1].expand(n, 2).clone(), names)

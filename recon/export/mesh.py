@@ -1,7 +1,7 @@
 """Gaussians -> coloured triangle mesh by TSDF fusion of rendered depth and colour (open3d).
 
 1. Cameras: the optimised training cameras, plus ``interpolate`` cameras between each consecutive pair
-   (centres linear, rotations along the geodesic: :func:`recon.synthetic.interpolate_cameras`).
+   (centres linear, rotations along the geodesic: :func:`recon.cameras.interpolate_cameras`).
 2. Each camera renders colour, accumulated opacity and the rasteriser's expected depth
    (``sum w_i z_i / sum w_i``). Pixels of accumulated opacity below ``min_alpha`` and pixels at a depth
    discontinuity (where expected depth blends two surfaces; :func:`depth_edges`) are left out; colour is
@@ -82,7 +82,7 @@ def fusion_cameras(cameras: Cameras, interpolate: int) -> Cameras:
     """``cameras`` plus ``interpolate`` cameras evenly between each consecutive pair (in their order)."""
     if interpolate <= 0 or len(cameras) < 2:
         return cameras
-    from recon.synthetic import interpolate_cameras
+    from recon.cameras import interpolate_cameras
 
     ts = [(k + 1) / (interpolate + 1) for k in range(interpolate)]
     extra = [interpolate_cameras(cameras, i, i + 1, ts) for i in range(len(cameras) - 1)]
