@@ -211,7 +211,7 @@ def evaluate(result, views: Views) -> dict:
 from recon.priors.classical import SfMConfig, run_sfm  # noqa: E402
 from recon.priors.classical.bundle import bundle_adjust, project_points, rodrigues  # noqa: E402
 from recon.priors.classical.features import Features, match_descriptors, root_sift  # noqa: E402
-from recon.priors.classical.sfm import triangulate_dlt  # noqa: E402
+from recon.priors.classical.sfm_model import triangulate_dlt  # noqa: E402
 from recon.priors.classical.twoview import estimate_shared_focal  # noqa: E402
 
 

@@ -1,7 +1,9 @@
 """The classical (weight-free, CPU) geometry prior.
 
-Part 1, cameras: :func:`run_sfm` (``sfm.py``) built on SIFT/RootSIFT matching (``features.py``), MAGSAC++
-two-view geometry and focal self-calibration (``twoview.py``) and bundle adjustment (``bundle.py``).
+Part 1, cameras: :func:`run_sfm` (the driver, ``sfm.py``) built on SIFT/RootSIFT matching (``features.py``),
+MAGSAC++ two-view geometry and focal self-calibration (``twoview.py``, ``pairs.py``, ``focal.py``), feature
+tracks (``tracks.py``), the model being built (``sfm_model.py``), view registration (``registration.py``),
+guided matching (``guided.py``), bundle adjustment (``bundle.py``) and the result (``sfm_result.py``).
 Part 2, dense point maps for those cameras: ``dense.py``; ``prior.py`` joins both into the ``Prior``.
 """
 
@@ -11,7 +13,7 @@ __getattr__, __all__ = lazy_names(__name__, {
     "SfMConfig": "recon.priors.classical.config",
     "DenseConfig": "recon.priors.classical.config",
     "ClassicalConfig": "recon.priors.classical.config",
-    "SfMResult": "recon.priors.classical.sfm",
-    "Tracks": "recon.priors.classical.sfm",
+    "SfMResult": "recon.priors.classical.sfm_result",
+    "Tracks": "recon.priors.classical.sfm_result",
     "run_sfm": "recon.priors.classical.sfm",
 })
