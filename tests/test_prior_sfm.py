@@ -208,9 +208,10 @@ def evaluate(result, views: Views) -> dict:
 # Building blocks
 # --------------------------------------------------------------------------------------------------
 
+from recon.matching.features import Features, root_sift  # noqa: E402
+from recon.matching.match import match_descriptors  # noqa: E402
 from recon.priors.classical import SfMConfig, run_sfm  # noqa: E402
 from recon.priors.classical.bundle import bundle_adjust, project_points, rodrigues  # noqa: E402
-from recon.priors.classical.features import Features, match_descriptors, root_sift  # noqa: E402
 from recon.priors.classical.sfm_model import triangulate_dlt  # noqa: E402
 from recon.priors.classical.twoview import estimate_shared_focal  # noqa: E402
 
@@ -258,7 +259,7 @@ def test_guided_matching_resolves_repeated_texture_along_epipolar_lines():
     """Repeated texture (windows, bricks): every feature has a look-alike elsewhere, so unguided matching
     rejects all of them by the ratio test. With the epipolar geometry (rectified pair: x_b^T F x_a = 0
     means y_b = y_a) the look-alikes on other rows are never compared, and the true matches are found."""
-    from recon.priors.classical.features import epipolar_mask
+    from recon.matching.match import epipolar_mask
 
     rng = np.random.default_rng(7)
     n = 200
@@ -302,16 +303,16 @@ def test_fundamental_from_poses_satisfies_the_epipolar_constraint():
 
 
 def test_pair_graph_is_exhaustive_for_few_views_and_finds_loop_closures_for_many():
-    from recon.priors.classical.features import pair_graph
+    from recon.matching.pairs import pairs_to_match
 
     rng = np.random.default_rng(4)
     scenes = [root_sift(rng.uniform(0, 1, (300, 128))) for _ in range(10)]
     # 20 views in file order; view i and view i + 10 show the same place (a loop), others differ
     feats = [_features(rng.uniform(0, 100, (300, 2)), scenes[i % 10]) for i in range(20)]
-    assert pair_graph(feats[:6], exhaustive_max=15, window=2, retrieval_k=1) == [
+    assert pairs_to_match(feats[:6], exhaustive_max=15, window=2, retrieval_k=1) == [
         (i, j) for i in range(6) for j in range(i + 1, 6)
     ]
-    pairs = set(pair_graph(feats, exhaustive_max=15, window=2, retrieval_k=1))
+    pairs = set(pairs_to_match(feats, exhaustive_max=15, window=2, retrieval_k=1))
     assert {(i, i + 1) for i in range(19)} <= pairs  # the sequential window
     assert {(i, i + 10) for i in range(10)} <= pairs  # retrieval finds the revisits
     assert len(pairs) < 20 * 19 // 2 // 2

@@ -40,9 +40,9 @@ from recon.cameras import (
     transform_points,
 )
 from recon.gaussians import Gaussians
+from recon.matching import Features, detect_features, match_descriptors
 from recon.optim.losses import photometric_loss
 from recon.optim.pose import fit_poses
-from recon.priors.classical.features import Features, detect_features, match_descriptors
 from recon.refine.config import PoseCorrectionConfig
 from recon.render import render_gaussians
 

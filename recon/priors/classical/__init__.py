@@ -1,9 +1,10 @@
 """The classical (weight-free, CPU) geometry prior.
 
-Part 1, cameras: :func:`run_sfm` (the driver, ``sfm.py``) built on SIFT/RootSIFT matching (``features.py``),
-MAGSAC++ two-view geometry and focal self-calibration (``twoview.py``, ``pairs.py``, ``focal.py``), feature
-tracks (``tracks.py``), the model being built (``sfm_model.py``), view registration (``registration.py``),
-guided matching (``guided.py``), bundle adjustment (``bundle.py``) and the result (``sfm_result.py``).
+Part 1, cameras: :func:`run_sfm` (the driver, ``sfm.py``) built on SIFT/RootSIFT matching
+(``recon.matching``), MAGSAC++ two-view geometry and focal self-calibration (``twoview.py``,
+``verification.py``, ``focal.py``), feature tracks (``tracks.py``), the model being built
+(``sfm_model.py``), view registration (``registration.py``), guided matching (``guided.py``), bundle
+adjustment (``bundle.py``) and the result (``sfm_result.py``).
 Part 2, dense point maps for those cameras: ``dense.py``; ``prior.py`` joins both into the ``Prior``.
 """
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recon.matching.features import Features
 from recon.priors.classical.config import SfMConfig
-from recon.priors.classical.features import Features
 from recon.priors.classical.twoview import FocalEstimate, TwoView, estimate_shared_focal, focal_inlier_support
 
 

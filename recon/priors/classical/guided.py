@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from recon.matching.features import Features
+from recon.matching.match import match_descriptors
 from recon.priors.classical.config import SfMConfig
-from recon.priors.classical.features import Features, match_descriptors
 from recon.priors.classical.sfm_model import SfMModel, rotation_change_deg
 from recon.priors.classical.tracks import TrackSet
 from recon.priors.classical.twoview import TwoView, fundamental_from_poses

@@ -1,7 +1,7 @@
 """Incremental structure from motion for a few (3 to ~30) unposed photos: the driver.
 
-Stages: SIFT/RootSIFT features (with affine simulation for few views; ``features.py``) -> mutual-NN +
-ratio matching over a pair graph -> MAGSAC++ fundamental matrices (``pairs.py``) -> a shared focal
+Stages: SIFT/RootSIFT features (with affine simulation for few views; ``recon.matching``) -> mutual-NN +
+ratio matching over a pair graph -> MAGSAC++ fundamental matrices (``verification.py``) -> a shared focal
 (``focal.py``: EXIF; else self-calibration from the fundamental matrices, accepted only where the focal
 also explains the matches as essential-matrix geometry, otherwise the middle of the focal range that does)
 -> MAGSAC++ essential matrices -> feature tracks (``tracks.py``) -> a robust initial pair -> PnP
@@ -23,15 +23,15 @@ import time
 import numpy as np
 
 from recon.errors import ReconError
+from recon.matching.features import Features, detect_features
 from recon.priors.classical.config import SfMConfig
-from recon.priors.classical.features import Features, detect_features
 from recon.priors.classical.focal import focal_range_px, initial_focal
 from recon.priors.classical.guided import guided_rounds
-from recon.priors.classical.pairs import isolated_views, match_pairs, no_overlap_error, relative_poses
 from recon.priors.classical.registration import best_model
 from recon.priors.classical.sfm_model import SfMModel
 from recon.priors.classical.sfm_result import SfMResult, Tracks, assemble
 from recon.priors.classical.tracks import TrackSet
+from recon.priors.classical.verification import isolated_views, match_pairs, no_overlap_error, relative_poses
 from recon.views import Views
 
 __all__ = ["SfMResult", "Tracks", "run_sfm"]

@@ -7,7 +7,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from recon.priors.classical.features import Features
+from recon.matching.features import Features
 from recon.priors.classical.twoview import TwoView
 
 

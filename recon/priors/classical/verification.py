@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 
 from recon.errors import ReconError
+from recon.matching.features import Features
+from recon.matching.match import match_descriptors
+from recon.matching.pairs import pairs_to_match
 from recon.priors.classical.config import SfMConfig
-from recon.priors.classical.features import Features, match_descriptors, pair_graph
 from recon.priors.classical.twoview import (
     TwoView,
     essential_magsac,
@@ -22,7 +24,7 @@ def match_pairs(
 ) -> tuple[list[tuple[int, int]], list[TwoView]]:
     """Pair graph over the views ``valid`` and, per pair (i, j) of it, the matches and (with at least
     ``cfg.min_inliers`` matches) a fundamental matrix with its inliers. Returns (graph, pairs)."""
-    local_pairs = pair_graph([feats[v] for v in valid], cfg.exhaustive_max, cfg.window, cfg.retrieval_k)
+    local_pairs = pairs_to_match([feats[v] for v in valid], cfg.exhaustive_max, cfg.window, cfg.retrieval_k)
     graph = [(valid[a], valid[b]) for a, b in local_pairs]
     pairs: list[TwoView] = []
     for i, j in graph:
