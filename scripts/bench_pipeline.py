@@ -160,9 +160,9 @@ def run_case(case: Case, out: Path) -> dict:
 
 def _score_run(out: Path, scene: Path, names: list[str]) -> dict:
     """Pose metrics of a run's cameras against the reference poses of the images it was given."""
-    from recon.eval.metrics import camera_pose_metrics
     from recon.io.cameras_json import load_cameras_json
     from recon.io.datasets import load_views
+    from recon.metrics import camera_pose_metrics
 
     cams, _ = load_cameras_json(out / "cameras.json")
     ref = load_views(scene, max_side=64)  # poses only; small images load fast

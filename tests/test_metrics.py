@@ -11,7 +11,7 @@ import torch
 
 from recon.cameras import Cameras, look_at_w2c, make_rigid, sim3_transform_w2c, so3_exp
 from recon.errors import ReconError
-from recon.eval.metrics import (
+from recon.metrics import (
     camera_pose_metrics,
     pose_auc,
     pose_metrics,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from recon.eval.metrics import ssim
+from recon.metrics import ssim
 from recon.optim.losses import dssim_loss, l1_loss, pearson_depth_loss, photometric_loss
 from recon.optim.schedules import exp_decay, sh_degree_at
 

@@ -1,13 +1,13 @@
 """Training losses: L1, D-SSIM and their 3DGS mixture, and a scale-invariant depth-correlation loss.
 
-Images are (..., H, W, 3) float in [0, 1]; SSIM comes from :mod:`recon.eval.metrics` (its one home).
+Images are (..., H, W, 3) float in [0, 1]; SSIM comes from :mod:`recon.metrics` (its one home).
 """
 
 from __future__ import annotations
 
 import torch
 
-from recon.eval.metrics import ssim
+from recon.metrics import ssim
 
 Tensor = torch.Tensor
 
