@@ -8,11 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from recon.cameras import Cameras, rotation_angle_deg
-from recon.eval.metrics import psnr
 from recon.gaussians.init import InitConfig, init_from_prior
+from recon.metrics import psnr
+from recon.optim.batches import _random_crop, image_pyramid
 from recon.optim.pose import fit_poses
 from recon.optim.schedules import resolution_level
-from recon.optim.trainer import TrainConfig, _random_crop, image_pyramid, render_images, train
+from recon.optim.trainer import TrainConfig, train
+from recon.render.gaussians import render_images
 from recon.synthetic import SceneConfig, make_scene, novel_cameras, perturb_cameras
 
 pytestmark = pytest.mark.usefixtures("single_thread")

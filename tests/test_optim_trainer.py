@@ -11,13 +11,14 @@ import torch
 
 from recon.cameras import rotation_angle_deg
 from recon.errors import ReconError
-from recon.eval.metrics import pose_metrics, psnr
 from recon.gaussians.init import InitConfig, init_from_prior
+from recon.metrics import pose_metrics, psnr
 from recon.optim.checkpoint import checkpoint_path, load_checkpoint
 from recon.optim.losses import pearson_depth_loss
 from recon.optim.strategy import DensifyConfig
-from recon.optim.trainer import TrainConfig, TrainState, render_images, train
+from recon.optim.trainer import TrainConfig, TrainState, train
 from recon.render import render_gaussians
+from recon.render.gaussians import render_images
 from recon.synthetic import SceneConfig, make_scene, perturb_cameras
 
 pytestmark = pytest.mark.usefixtures("single_thread")

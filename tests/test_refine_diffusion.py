@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from recon.errors import ReconError
-from recon.eval.metrics import psnr
 from recon.gaussians.init import InitConfig, init_from_prior
-from recon.optim.trainer import TrainConfig, render_images, train
+from recon.metrics import psnr
+from recon.optim.trainer import TrainConfig, train
 from recon.refine import RefineConfig, prior_depths, refine
 from recon.refine.diffusion import DiffusersEnhancer, DiffusionConfig, nearest_views, pseudo_cameras
+from recon.render.gaussians import render_images
 from recon.synthetic import SceneConfig, make_scene, novel_cameras
 
 TRAIN = TrainConfig(iters=300, sh_degree=0, optimize_poses=False)

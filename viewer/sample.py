@@ -69,8 +69,8 @@ def write_sample_reconstruction(
     from recon.gaussians.init import init_from_prior
     from recon.io.export import write_outputs
     from recon.io.prior_cache import save_prior
-    from recon.optim.trainer import render_images
     from recon.reconstruction import Reconstruction
+    from recon.render.gaussians import render_images
 
     out = Path(out)
     scene = sample_scene(n_views, width, height, seed)

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import torch
 
 from recon.cameras import Cameras, camera_centers, sim3_transform_w2c, umeyama
-from recon.eval.metrics import psnr, ssim
 from recon.gaussians import Gaussians
+from recon.metrics import psnr, ssim
 from recon.optim.pose import fit_poses
-from recon.optim.trainer import render_images
+from recon.render.gaussians import render_images
 
 
 def reference_to_estimate(est: Cameras, ref: Cameras) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,7 +16,9 @@ from recon.errors import ReconError
 from recon.gaussians import Gaussians
 from recon.optim.config import TrainConfig
 from recon.optim.losses import photometric_loss
-from recon.optim.trainer import render_images, scene_extent, train
+from recon.optim.params import scene_extent
+from recon.optim.trainer import train
+from recon.render.gaussians import render_images
 
 Tensor = torch.Tensor
 
@@ -50,7 +52,7 @@ def fit_poses(
         iters, lr, lr_final: Adam steps and the exponentially decaying learning rate (radians; translation
             in units of ``extent``). The defaults bring 3 degree / 5% errors below 0.05 degrees in 300
             steps on the synthetic scene.
-        extent: scene length scale (default: :func:`recon.optim.trainer.scene_extent` of these cameras and
+        extent: scene length scale (default: :func:`recon.optim.params.scene_extent` of these cameras and
             the Gaussians).
         return_losses: also return the final per-camera photometric loss (C,), e.g. to flag failures.
         max_batch: cameras rendered together per step; more are fitted in consecutive chunks.

@@ -24,6 +24,8 @@ Anything with the :class:`Enhancer` signature can stand in for the model (tests 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gc
 import inspect
 import math
@@ -35,16 +37,14 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from recon.cameras import Cameras, camera_centers, rotation_angle_deg
+from recon.cameras import Cameras, camera_centers, interpolate_cameras, rotation_angle_deg
 from recon.errors import ReconError
-from recon.eval.metrics import psnr_per_image
 from recon.gaussians import Gaussians
-from recon.optim.losses import pearson_depth_loss, photometric_loss
+from recon.metrics import psnr_per_image
 from recon.optim.schedules import exp_decay
-from recon.optim.trainer import GAUSSIAN_FIELDS, TrainConfig, background_tensor, render_images
+from recon.optim.trainer import ExtraViews, TrainConfig, Trainer, TrainingDiverged
 from recon.refine.config import DiffusionConfig
-from recon.render import rasterize
-from recon.synthetic import interpolate_cameras
+from recon.render.gaussians import render_images
 
 Tensor = torch.Tensor
 
@@ -295,11 +295,13 @@ def train_with_pseudo_views(
     total: int | None = None,
     seed: int = 0,
 ) -> tuple[Gaussians, float]:
-    """Fine-tune Gaussians on the training views (fixed poses) plus weighted pseudo views.
+    """Fine-tune Gaussians on the training views (fixed poses) plus weighted pseudo views: a configuration
+    of :class:`recon.optim.trainer.Trainer`.
 
-    Each step renders one training view and, when given, one pseudo view in a single rasteriser call:
-    loss = L(train) + pseudo_weight * L(pseudo) + depth_lambda * (1 - Pearson(depth_train, prior)),
-    L being the trainer's photometric loss. Learning rates are ``train_cfg``'s, the position one starting
+    Each step renders one training view and, when given, one pseudo view (both drawn uniformly) in a single
+    rasteriser call: loss = L(train) + pseudo_weight * L(pseudo) + depth_lambda * (1 - Pearson(depth_train,
+    prior)), L being the trainer's photometric loss. Poses are frozen, SH at the Gaussians' degree, no
+    coarse-to-fine, crops or densification. Learning rates are ``train_cfg``'s, the position one starting
     at ``lr_scale`` x the initial one and decaying to the final one over ``total`` steps (``step0`` of
     which are already done: several rounds form one schedule).
 
@@ -308,57 +310,30 @@ def train_with_pseudo_views(
         depths: (N, H, W) prior depth of the training views (<= 0 where unknown).
     Returns the fine-tuned Gaussians (detached) and the mean loss of the last 10% of steps.
     """
-    device = gaussians.means.device
     total = total or iters
-    params = {k: getattr(gaussians, k).detach().clone().to(device).requires_grad_(True)
-              for k in GAUSSIAN_FIELDS}
-    base = {"means": train_cfg.means_lr * extent * lr_scale, "quats": train_cfg.quats_lr,
-            "log_scales": train_cfg.scales_lr, "opacity_logits": train_cfg.opacity_lr,
-            "sh0": train_cfg.sh0_lr, "shN": train_cfg.shN_lr}
-    opt = torch.optim.Adam([{"params": [params[k]], "lr": base[k], "name": k} for k in GAUSSIAN_FIELDS],
-                           eps=1e-15)
+    cfg = dataclasses.replace(
+        train_cfg, iters=max(total, step0 + iters), optimize_gaussians=True, optimize_poses=False,
+        densify=False, depth_lambda=depth_lambda, sh_degree=gaussians.sh_degree, sh_increase_every=0,
+        coarse_levels=0, crop_until=0.0, batch_size=1, scene_extent=extent, seed=seed + step0,
+        checkpoint_every=0, callback_every=0,
+    )
+    base = train_cfg.means_lr * extent * lr_scale
+    means_lr = functools.partial(exp_decay, total=total, lr_init=base,
+                                 lr_final=min(train_cfg.means_lr_final * extent, base))
     use_pseudo = pseudo_cameras is not None and pseudo_images is not None and len(pseudo_cameras) > 0
-    all_cams = Cameras.cat([cameras, pseudo_cameras]) if use_pseudo else cameras
-    K = all_cams.K.to(device, torch.float32)
-    w2c = all_cams.w2c.to(device, torch.float32)
-    H, W = int(images.shape[1]), int(images.shape[2])
-    targets = images.to(device, torch.float32)
-    if use_pseudo:
-        targets = torch.cat([targets, pseudo_images.to(device, torch.float32)])
-    if depths is not None:
-        depths = depths.to(device, torch.float32)
-    bg = background_tensor(train_cfg.background, device)
-    n_train = len(cameras)
-    gen = torch.Generator().manual_seed(seed + step0)
-    degree = round((params["shN"].shape[1] + 1) ** 0.5) - 1
-    final_means = train_cfg.means_lr_final * extent
+    extra = ExtraViews(pseudo_cameras, pseudo_images, pseudo_weight) if use_pseudo else None
+    trainer = Trainer(gaussians, cameras, images, cfg, depths=depths, extra=extra, sampling="uniform",
+                      means_lr=means_lr, start_step=step0, track_psnr=False)
     tail: list[float] = []
     for it in range(iters):
-        opt.param_groups[0]["lr"] = exp_decay(step0 + it, total, base["means"],
-                                              min(final_means, base["means"]))
-        ids = [int(torch.randint(n_train, (1,), generator=gen))]
-        if use_pseudo:
-            ids.append(n_train + int(torch.randint(len(pseudo_cameras), (1,), generator=gen)))
-        idx = torch.tensor(ids, device=device)
-        g = Gaussians(**params).activated()
-        out = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["sh"], w2c[idx], K[idx], W, H,
-                        sh_degree=degree, background=None if bg is None else bg.expand(len(ids), 3))
-        rgb = out.rgb[..., :3]
-        loss = photometric_loss(rgb[0], targets[ids[0]], train_cfg.ssim_lambda)
-        if use_pseudo:
-            loss = loss + pseudo_weight * photometric_loss(rgb[1], targets[ids[1]], train_cfg.ssim_lambda)
-        if depths is not None and depth_lambda > 0:
-            d = depths[ids[0]]
-            mask = (d > 0) & (out.alpha[0, ..., 0] > 0.5)
-            loss = loss + depth_lambda * pearson_depth_loss(out.depth[0, ..., 0], d, mask)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        try:
+            loss = trainer.step().loss
+        except TrainingDiverged:
+            hint = "lower --diffusion.lr-scale or the pseudo weight"
+            raise ReconError(f"diffusion refinement diverged; {hint}") from None
         if it >= iters - max(iters // 10, 1):
-            tail.append(float(loss.detach()))
-        if not math.isfinite(float(loss.detach())):
-            raise ReconError("diffusion refinement diverged; lower --diffusion.lr-scale or the pseudo weight")
-    return Gaussians(**{k: v.detach() for k, v in params.items()}), sum(tail) / max(len(tail), 1)
+            tail.append(loss)
+    return trainer.gaussians(), sum(tail) / max(len(tail), 1)
 
 
 def run_diffusion_stage(

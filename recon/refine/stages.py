@@ -14,11 +14,12 @@ import torch.nn.functional as F
 from recon.cameras import Cameras, invert_rigid, transform_points
 from recon.gaussians import Gaussians
 from recon.gaussians.init import InitConfig, init_from_prior
-from recon.optim.trainer import TrainConfig, TrainState, background_tensor, scene_extent, train
+from recon.optim.trainer import TrainConfig, TrainState, scene_extent, train
 from recon.priors.base import PriorResult
 from recon.refine.config import RefineConfig
 from recon.refine.diffusion import Enhancer, run_diffusion_stage
 from recon.refine.poses import correct_outliers
+from recon.render.gaussians import background_tensor
 
 Tensor = torch.Tensor
 
