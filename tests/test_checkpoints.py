@@ -16,9 +16,9 @@ from recon.errors import ReconError
 from recon.priors.checkpoints import (
     build_dust3r,
     detect_kind,
-    load_checkpoint,
     load_network,
     parse_constructor_string,
+    read_weights,
 )
 
 # The official constructor string of the dust3r_linear fixture (everything it needs is a kwarg).
@@ -59,7 +59,7 @@ def test_official_pth_round_trip(tmp_path, linear_fixture, args_as):
     path = tmp_path / "DUSt3R_tiny_linear.pth"
     torch.save({"model": sd, "args": args, "epoch": 3}, path)
 
-    loaded, config = load_checkpoint(path)
+    loaded, config = read_weights(path)
     assert loaded.keys() == sd.keys()
     assert all(torch.equal(loaded[k], sd[k]) for k in sd)
     assert config["official_class"] == "AsymmetricCroCo3DStereo"
@@ -76,7 +76,7 @@ def test_plain_state_dict_pth_with_module_prefix_and_config_json(tmp_path, linea
     d, sd = linear_fixture
     torch.save({f"module.{k}": v for k, v in sd.items()}, tmp_path / "weights.pth")
     shutil.copy(d / "config.json", tmp_path / "config.json")
-    loaded, config = load_checkpoint(tmp_path / "weights.pth")
+    loaded, config = read_weights(tmp_path / "weights.pth")
     assert loaded.keys() == sd.keys()
     assert config["constructor_kwargs"]["dec_depth"] == 3
     _check_outputs(load_network("dust3r", tmp_path), d)  # a folder with one weights file works too
@@ -85,7 +85,7 @@ def test_plain_state_dict_pth_with_module_prefix_and_config_json(tmp_path, linea
 def test_safetensors_without_config_returns_none(tmp_path, linear_fixture):
     _, sd = linear_fixture
     save_file(sd, str(tmp_path / "model.safetensors"))
-    loaded, config = load_checkpoint(tmp_path / "model.safetensors")
+    loaded, config = read_weights(tmp_path / "model.safetensors")
     assert config is None and loaded.keys() == sd.keys()
 
 
@@ -105,7 +105,7 @@ def test_malicious_pickle_is_refused(tmp_path, linear_fixture):
     path = tmp_path / "evil.pth"
     torch.save({"model": {"enc_norm.weight": sd["enc_norm.weight"]}, "args": _Evil(str(marker))}, path)
     with pytest.raises(ReconError, match="refusing to load .*os.makedirs"):
-        load_checkpoint(path)
+        read_weights(path)
     with pytest.raises(ReconError, match="refusing"):
         load_network("dust3r", path)
     assert not marker.exists()
@@ -119,31 +119,31 @@ def test_model_string_is_parsed_never_evaluated(tmp_path, linear_fixture):
         parse_constructor_string(code)
     torch.save({"model": sd, "args": argparse.Namespace(model=code)}, tmp_path / "x.pth")
     with pytest.raises(ReconError, match="cannot parse the model description"):
-        load_checkpoint(tmp_path / "x.pth")
+        read_weights(tmp_path / "x.pth")
     assert not marker.exists()
 
 
 def test_missing_and_unreadable_files(tmp_path):
     missing = tmp_path / "nope" / "DUSt3R.pth"
     with pytest.raises(ReconError, match=f"checkpoint not found: {missing}"):
-        load_checkpoint(missing)
+        read_weights(missing)
     with pytest.raises(ReconError, match="not found"):
         load_network("mast3r", missing)
     garbage = tmp_path / "garbage.pth"
     for seed in range(20):  # random bytes fail the unpickler in many different ways; each is one line
         garbage.write_bytes(np.random.default_rng(seed).bytes(1000))
         with pytest.raises(ReconError, match="cannot read|refusing to load"):
-            load_checkpoint(garbage)
+            read_weights(garbage)
     bad_st = tmp_path / "bad.safetensors"
     bad_st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(ReconError, match="cannot read .*safetensors"):
-        load_checkpoint(bad_st)
+        read_weights(bad_st)
     torch.save({"model": "not a state dict"}, tmp_path / "odd.pth")
     with pytest.raises(ReconError, match="not a model checkpoint"):
-        load_checkpoint(tmp_path / "odd.pth")
+        read_weights(tmp_path / "odd.pth")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ReconError, match="no weights file"):
-        load_checkpoint(tmp_path / "empty")
+        read_weights(tmp_path / "empty")
 
 
 def test_wrong_model_type(tmp_path, linear_fixture):

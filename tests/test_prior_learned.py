@@ -22,7 +22,7 @@ from recon.errors import ReconError
 from recon.priors import learned
 from recon.priors.align import AlignConfig, global_align
 from recon.priors.base import PriorResult
-from recon.priors.checkpoints import build_dust3r, load_checkpoint
+from recon.priors.checkpoints import build_dust3r, read_weights
 from recon.priors.learned import (
     LearnedConfig,
     LearnedPrior,
@@ -224,7 +224,7 @@ def test_predict_pairs_equals_direct_forward(views):
 def test_landscape_only_networks_take_portraits_transposed():
     """A landscape-only (official ManyAR layout) network on portrait views gives the same predictions as
     the same weights built for true-orientation inputs."""
-    sd, config = load_checkpoint(weights("dust3r_linear"))
+    sd, config = read_weights(weights("dust3r_linear"))
     plain = build_dust3r(sd, config)
     land = build_dust3r(
         sd, {**config, "constructor_kwargs": {**config["constructor_kwargs"], "landscape_only": True}}

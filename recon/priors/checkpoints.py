@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from recon.errors import ReconError
+from recon.priors.networks.loading import build_strict
 
 ModelKind = Literal["dust3r", "mast3r", "vggt"]
 
@@ -171,7 +172,7 @@ def _config_from_args(args: Any, path: Path) -> dict | None:
 # --------------------------------------------------------------------------------------------------
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict | None]:
+def read_weights(path: str | Path) -> tuple[dict[str, Tensor], dict | None]:
     """Read a checkpoint: returns ``(state_dict, config)``.
 
     ``config`` is the parsed ``config.json`` beside the weights, else the official ``args`` model string
@@ -244,59 +245,6 @@ def check_kind(state_dict: Mapping[str, Tensor], kind: str, path: str | Path) ->
     raise ReconError(f"{path} is not a {_KIND_NAMES[kind]} checkpoint: it looks like {what} (keys: {sample})")
 
 
-def _complete_aliases(model: nn.Module, state_dict: Mapping[str, Tensor]) -> Mapping[str, Tensor]:
-    groups: dict[int, list[str]] = {}
-    for k, v in model.state_dict(keep_vars=True).items():
-        groups.setdefault(id(v), []).append(k)
-    filled = None
-    for keys in groups.values():
-        present = [k for k in keys if k in state_dict]
-        if present and len(present) < len(keys):
-            filled = dict(state_dict) if filled is None else filled
-            for k in keys:
-                filled.setdefault(k, state_dict[present[0]])
-    return state_dict if filled is None else filled
-
-
-def load_state_dict_strict(
-    model: nn.Module, state_dict: Mapping[str, Tensor], path: str | Path, assign: bool = False
-) -> None:
-    """``model.load_state_dict(state_dict, strict=True, assign=assign)`` with a one-line ReconError on
-    any mismatch (a few missing and unexpected keys and shape mismatches are named).
-
-    Keys that name one shared tensor in ``model`` (e.g. DPT's ``scratch.layer1_rn`` and
-    ``scratch.layer_rn.0``) may appear only once in the file: ``safetensors`` drops such duplicates when
-    saving, so a present alias fills the absent one.
-    """
-    state_dict = _complete_aliases(model, state_dict)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    shapes = [
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        for name, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
-            if items:
-                more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
-                parts.append(f"{len(items)} {name}: {', '.join(items[:3])}{more}")
-        raise ReconError(
-            f"{path} does not fit the network ({'; '.join(parts)}); check the model sizes in config.json"
-        )
-    model.load_state_dict(state_dict, strict=True, assign=assign)
-
-
-def _build(cls: type[nn.Module], cfg: Any, state_dict: Mapping[str, Tensor], path: str | Path) -> nn.Module:
-    # Build on the meta device (no random init of ~600M parameters), then adopt the checkpoint tensors.
-    with torch.device("meta"):
-        model = cls(cfg)
-    load_state_dict_strict(model, state_dict, path, assign=True)
-    return model.float().eval()
-
-
 def _network_config(config: Mapping | None, state_dict: Mapping[str, Tensor], base: Any, path: str | Path):
     from recon.priors.networks.dust3r import config_from_dict
 
@@ -313,7 +261,7 @@ def build_dust3r(
     from recon.priors.networks.dust3r import DUSt3R
 
     check_kind(state_dict, "dust3r", path)
-    return _build(DUSt3R, _network_config(config, state_dict, None, path), state_dict, path)
+    return build_strict(DUSt3R, _network_config(config, state_dict, None, path), state_dict, path)
 
 
 def build_mast3r(
@@ -324,7 +272,7 @@ def build_mast3r(
     from recon.priors.networks.mast3r import MASt3R
 
     check_kind(state_dict, "mast3r", path)
-    return _build(
+    return build_strict(
         MASt3R, _network_config(config, state_dict, mast3r_default_config(), path), state_dict, path
     )
 
@@ -353,5 +301,5 @@ def load_network(kind: ModelKind, path: str | Path, device: torch.device | str =
     """
     if kind not in _BUILDERS:
         raise ReconError(f"unknown network {kind!r}; choose one of {', '.join(_BUILDERS)}")
-    state_dict, config = load_checkpoint(path)
+    state_dict, config = read_weights(path)
     return _BUILDERS[kind](state_dict, config, str(path)).to(device)

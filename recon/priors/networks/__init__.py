@@ -6,7 +6,8 @@
 - :mod:`.dust3r`: :class:`DUSt3R`, :class:`Dust3RConfig`, input preparation;
   :mod:`.mast3r`: :class:`MASt3R`.
 
-Loading checkpoints (and the ReconError messages for bad files) lives in :mod:`recon.priors.checkpoints`.
+Reading checkpoint files (and the ReconError messages for bad files) lives in
+:mod:`recon.priors.checkpoints`; loading a state dict into a network strictly in :mod:`.loading`.
 """
 
 from recon.priors.networks.dust3r import DUSt3R, Dust3RConfig, NetworkCrop, prepare_image

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from recon.errors import ReconError
+from recon.priors.networks.loading import build_strict
 from recon.priors.networks.vggt.aggregator import Aggregator
 from recon.priors.networks.vggt.camera_head import CameraHead
 from recon.priors.networks.vggt.config import VGGTConfig, vggt_config_from_dict
@@ -79,14 +80,9 @@ def build_vggt(
     released defaults. ``track_head.*`` keys are dropped (no tracker here). Raises ReconError (one line)
     for settings that do not fit or weights that do not fit the network.
     """
-    from recon.priors.checkpoints import load_state_dict_strict  # late: checkpoints imports this module
-
     sd = {k: v for k, v in state_dict.items() if not k.startswith(UNUSED_KEY_PREFIXES)}
     try:
         cfg = vggt_config_from_dict(config, sd)
     except (ValueError, TypeError, KeyError) as e:
         raise ReconError(f"{path}: invalid VGGT model settings ({e})") from None
-    with torch.device("meta"):  # no random init of ~1.2B parameters; the checkpoint tensors are adopted
-        model = VGGT(cfg)
-    load_state_dict_strict(model, sd, path, assign=True)
-    return model.float().eval()
+    return build_strict(VGGT, cfg, sd, path)
