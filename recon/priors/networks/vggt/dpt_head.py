@@ -113,7 +113,7 @@ class _Scratch(nn.Module):
         )
 
 
-class DPTHead(nn.Module):
+class VGGTDenseHead(nn.Module):
     """Dense head: (value, confidence) maps from four aggregator outputs (module docstring).
 
     Args:

@@ -17,7 +17,7 @@ from recon.priors.networks.loading import build_strict
 from recon.priors.networks.vggt.aggregator import Aggregator
 from recon.priors.networks.vggt.camera_head import CameraHead
 from recon.priors.networks.vggt.config import VGGTConfig, vggt_config_from_dict
-from recon.priors.networks.vggt.dpt_head import DPTHead
+from recon.priors.networks.vggt.dpt_head import VGGTDenseHead
 from recon.priors.networks.vggt.pose_encoding import pose_encoding_to_extrinsic_intrinsic
 
 UNUSED_KEY_PREFIXES = ("track_head.",)
@@ -46,8 +46,8 @@ class VGGT(nn.Module):
         self.cfg = cfg
         self.aggregator = Aggregator(cfg)
         self.camera_head = CameraHead(cfg) if cfg.enable_camera else None
-        self.depth_head = DPTHead(cfg, output_dim=2, activation="exp") if cfg.enable_depth else None
-        self.point_head = DPTHead(cfg, output_dim=4, activation="inv_log") if cfg.enable_point else None
+        self.depth_head = VGGTDenseHead(cfg, output_dim=2, activation="exp") if cfg.enable_depth else None
+        self.point_head = VGGTDenseHead(cfg, output_dim=4, activation="inv_log") if cfg.enable_point else None
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         if images.dim() == 4:
