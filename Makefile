@@ -2,6 +2,7 @@
 #   make setup   create .venv, install torch==2.13.0 (CPU wheel) first, then recon with every extra
 #   make demo    set up, then reconstruct the embedded synthetic demo scene into outputs/demo
 #   make test    set up, then run the test suite (slow tests excluded; `make test-slow` runs them)
+#   make lint    set up, then ruff and the import contract (lint-imports, [tool.importlinter] in pyproject.toml)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -29,6 +30,7 @@ test-slow: setup
 
 lint: setup
 	$(BIN)/ruff check recon viewer scripts tests
+	$(BIN)/lint-imports
 
 bench: setup
 	$(BIN)/python scripts/bench_raster.py
