@@ -13,7 +13,7 @@ runs through
 
 Both get the same images at a long side of at most ``--max-side`` pixels (default 384).
 
-Scoring (pairwise errors from ``recon.eval.metrics.relative_pose_errors``, so invariant to the world frame
+Scoring (pairwise errors from ``recon.metrics.relative_pose_errors``, so invariant to the world frame
 and scale): a pair of placed views agrees with the reference when its relative rotation error is below
 5 degrees and its translation-direction error below 10. The largest set of placed views whose pairs all
 agree (at least two views; ties: the smallest summed error) is placed *correctly*. Any other placed view is
@@ -208,7 +208,7 @@ def run_colmap(views, work: Path) -> tuple[dict[str, np.ndarray], dict]:
 def score_subset(placed: dict[str, np.ndarray], names: list[str], ref_w2c: np.ndarray) -> dict:
     """Per view of ``names`` (reference w2c (N, 4, 4), same order) "correct" / "wrong" / "inaccurate" /
     "not placed" (see the module docstring), and max(RRE, RTE) per pair for the AUC."""
-    from recon.eval.metrics import relative_pose_errors
+    from recon.metrics import relative_pose_errors
 
     n = len(names)
     est = np.stack([placed.get(nm, np.eye(4)) for nm in names])
@@ -242,7 +242,7 @@ def score_subset(placed: dict[str, np.ndarray], names: list[str], ref_w2c: np.nd
 
 
 def summarize(rows: list[dict], method: str) -> dict:
-    from recon.eval.metrics import pose_auc
+    from recon.metrics import pose_auc
 
     status = [s for r in rows for s in r[method]["status"]]
     errs = torch.tensor([e for r in rows for e in r[method]["pair_err_deg"]], dtype=torch.float64)
