@@ -90,7 +90,7 @@ def surface_error(
     """Chamfer distance of a mesh made in the frame of ``cameras`` to the true surfaces of ``scene``.
 
     The mesh is brought into the scene's frame by the similarity fitted between ``cameras`` and the
-    scene's true cameras of the same names (:func:`recon.eval.novel_view.reference_to_estimate`), and
+    scene's true cameras of the same names (:func:`recon.optim.heldout.reference_to_estimate`), and
     sampled uniformly by area (``samples`` points). The true surfaces are sampled uniformly by area too
     (one point per ``spacing``^2 on average), where the true cameras see them
     (:meth:`recon.synthetic.SyntheticScene.surface_samples`). Distances are capped at ``cap`` times the
@@ -99,8 +99,8 @@ def surface_error(
     Returns :func:`recon.eval.surface.chamfer_distance`'s dict (scene units) plus each value as a fraction
     of ``scene.extent`` (``*_frac``).
     """
-    from recon.eval.novel_view import reference_to_estimate
     from recon.eval.surface import chamfer_distance, sample_mesh
+    from recon.optim.heldout import reference_to_estimate
 
     ref = scene.views.cameras.subset(cameras.names)
     s, R, t = reference_to_estimate(cameras.to("cpu"), ref)
@@ -124,7 +124,7 @@ def held_out_scores(recon, test_views, cfg: ReconConfig, reference: Cameras) -> 
     error). ``cfg.test_pose_iters`` steps of pose refinement against the frozen Gaussians follow (0: the
     score includes the pose error).
     """
-    from recon.eval.novel_view import align_reference_cameras, evaluate_test_views
+    from recon.optim.heldout import align_reference_cameras, evaluate_test_views
 
     cams, iters = test_views.cameras, 0
     if cfg.poses != "dataset":

@@ -1,8 +1,13 @@
 """The Python API: ``reconstruct(views, config) -> Reconstruction`` and ``run(path, out, config)``.
 
 Stages (one package each): io (views) -> priors (cameras + point maps) -> gaussians (initialisation) ->
-optim (joint optimisation of Gaussians and poses) -> eval (held-out views) -> io.export (files).
-The CLI (:mod:`recon.cli`) is a thin layer over :func:`run`.
+optim (joint optimisation of Gaussians and poses) -> refine (stages) -> held-out views (optim.heldout) ->
+io.export (files). The CLI (:mod:`recon.cli`) is a thin layer over :func:`run`.
+
+What the options decide for the stages (``--poses dataset`` fixes the poses everywhere) is decided once,
+in :func:`plan_stages`; mode combinations that cannot work are refused before any work
+(:func:`check_modes`). The model stays on the working device from training through the held-out
+evaluation; :func:`reconstruct` hands it back on the CPU.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import dataclasses
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,17 +24,21 @@ import torch
 from recon.cameras import Cameras
 from recon.config import ReconConfig
 from recon.errors import Interrupted, ReconError
-from recon.eval.metrics import camera_pose_metrics
-from recon.eval.novel_view import align_reference_cameras, evaluate_test_views, score_views
 from recon.gaussians.init import init_from_prior
 from recon.interrupts import terminate_as_interrupt
-from recon.optim.trainer import TrainState, render_images, train
+from recon.metrics import camera_pose_metrics
+from recon.optim.config import TrainConfig
+from recon.optim.heldout import align_reference_cameras, evaluate_test_views, score_views
+from recon.optim.trainer import TrainState, train
 from recon.options import validate_options
 from recon.priors.base import PriorResult
 from recon.priors.factory import dense_prior_for_cameras, make_prior
 from recon.progress import StageLog
 from recon.reconstruction import Reconstruction
-from recon.refine.stages import refine
+from recon.refine.base import RefineContext, Scene
+from recon.refine.config import RefineConfig
+from recon.refine.stages import build_stages, refine
+from recon.render.gaussians import render_images
 from recon.views import Views
 
 
@@ -49,6 +59,47 @@ def split_views(views: Views, test_every: int) -> tuple[Views, Views | None]:
     if len(train_ids) < 2:
         raise ReconError(f"--test-every {test_every} leaves fewer than 2 training views of {len(views)}")
     return views.subset(train_ids), views.subset(test)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """What the options decide for the stages (:func:`plan_stages`)."""
+
+    fixed_poses: bool
+    """``--poses dataset``: the dataset's cameras are the frame of the training and held-out views alike,
+    so training does not move them, pose correction is off and held-out poses are not re-fitted."""
+    train: TrainConfig
+    refine: RefineConfig
+    test_pose_iters: int
+    """Pose-fitting steps of each held-out view against the frozen Gaussians (0: used as given)."""
+
+
+def plan_stages(cfg: ReconConfig) -> StagePlan:
+    """The stage configurations ``cfg`` implies; the one place that reads ``cfg.poses``."""
+    fixed = cfg.poses == "dataset"
+    rcfg = cfg.refine
+    if cfg.diffusion_model is not None:
+        diffusion = dataclasses.replace(rcfg.diffusion, model=cfg.diffusion_model)
+        rcfg = dataclasses.replace(rcfg, diffusion=diffusion)
+    if fixed:
+        rcfg = dataclasses.replace(rcfg, poses=dataclasses.replace(rcfg.poses, enabled=False))
+    train_cfg = dataclasses.replace(cfg.train, optimize_poses=False) if fixed else cfg.train
+    return StagePlan(fixed, train_cfg, rcfg, 0 if fixed else cfg.test_pose_iters)
+
+
+def check_modes(cfg: ReconConfig, views: Views, test_views: Views | None = None) -> None:
+    """Refuse option combinations this input cannot satisfy, before any work (one-line ReconError):
+    ``--poses dataset`` or held-out views (``--test-every``, ``test_views``) without reference poses."""
+    where = views.root or "the input"
+    fixed = plan_stages(cfg).fixed_poses
+    if fixed and views.cameras is None:
+        raise ReconError(f"--poses dataset needs a dataset with camera poses, but {where} is a plain image "
+                         "folder; use --poses prior")
+    if test_views is None and cfg.test_every <= 0:
+        return
+    if (test_views or views).cameras is None or (not fixed and views.cameras is None):
+        raise ReconError(f"--test-every needs reference poses to place the held-out views, but {where} has "
+                         "none (a plain image folder); drop --test-every")
 
 
 def estimate_geometry(
@@ -75,12 +126,8 @@ def _prior_substages(info: dict) -> dict[str, float]:
 
 
 def _estimate_geometry(views: Views, cfg: ReconConfig, device: torch.device) -> PriorResult:
-    if cfg.poses == "dataset":
-        if views.cameras is None:
-            raise ReconError(
-                f"--poses dataset needs a dataset with camera poses, but {views.root or 'the input'} is a "
-                "plain image folder; use --poses prior"
-            )
+    if plan_stages(cfg).fixed_poses:
+        check_modes(dataclasses.replace(cfg, test_every=0), views)
         return dense_prior_for_cameras(views, views.cameras, cfg.classical)
     prior = make_prior(cfg.prior, cfg.checkpoint, cfg.classical, cfg.learned, device)
     return prior(views)
@@ -104,7 +151,7 @@ def reconstruct(
     progress: bool = True,
     log: StageLog | None = None,
 ) -> Reconstruction:
-    """Reconstruct Gaussians and cameras from ``views`` (the training images).
+    """Reconstruct Gaussians and cameras from ``views`` (the training images); returned on the CPU.
 
     Args:
         views: training views (reference cameras in ``views.cameras`` are used only with poses="dataset").
@@ -116,8 +163,24 @@ def reconstruct(
         log: where stage timings go (``metrics["timings"]``); a new one when None.
     """
     cfg = cfg or ReconConfig()
+    recon = _reconstruct(views, cfg, prior, ckpt_dir, resume, callback, progress, log)
+    return _on_cpu(recon)
+
+
+def _on_cpu(recon: Reconstruction) -> Reconstruction:
+    before = {k: (g.detach().to("cpu"), c.to("cpu")) for k, (g, c) in recon.refine_before.items()}
+    return dataclasses.replace(recon, cameras=recon.cameras.to("cpu"),
+                               gaussians=recon.gaussians.detach().to("cpu"), refine_before=before)
+
+
+def _reconstruct(
+    views: Views, cfg: ReconConfig, prior: PriorResult | None, ckpt_dir: Path | None, resume: bool,
+    callback: Callable[[TrainState], None] | None, progress: bool, log: StageLog | None,
+) -> Reconstruction:
+    """:func:`reconstruct` with the model left on the working device."""
     device = resolve_device(cfg.device)
     log = log if log is not None else StageLog(verbose=progress)
+    plan = plan_stages(cfg)
     if len(views) < 2:
         raise ReconError(f"need at least 2 views to reconstruct, got {len(views)}")
     if prior is None:
@@ -130,83 +193,65 @@ def reconstruct(
     if prior.failed:
         log.say(f"using {len(prior.cameras)} of {len(views)} views ({len(prior.failed)} not placed)")
     train_views = _training_views(views, prior)
-
     with log.stage("init"):
         gaussians, init_stats = init_from_prior(prior, cfg.init)
-
-    # Dataset poses are the reference frame of held-out views too: keep them fixed.
-    train_cfg = dataclasses.replace(cfg.train, optimize_poses=False) if cfg.poses == "dataset" else cfg.train
+    images = train_views.images.to(device)
     with log.stage("train"):
-        result = train(
-            gaussians.to(device), prior.cameras.to(device), train_views.images.to(device), train_cfg,
-            ckpt_dir=ckpt_dir, resume=resume, callback=callback, progress=progress,
-        )
-
-    rcfg = cfg.refine
-    if cfg.diffusion_model is not None:
-        diffusion = dataclasses.replace(rcfg.diffusion, model=cfg.diffusion_model)
-        rcfg = dataclasses.replace(rcfg, diffusion=diffusion)
-    if cfg.poses == "dataset":  # dataset poses define the held-out views' frame: never move them
-        rcfg = dataclasses.replace(rcfg, poses=dataclasses.replace(rcfg.poses, enabled=False))
+        result = train(gaussians.to(device), prior.cameras.to(device), images, plan.train,
+                       ckpt_dir=ckpt_dir, resume=resume, callback=callback, progress=progress)
+    ctx = RefineContext(images, plan.train, result.scene_extent, prior=prior, init_cfg=cfg.init,
+                        progress=progress, callback=callback, log=print)
     with log.stage("refine"):
-        refined = refine(
-            result.gaussians, result.cameras, train_views.images.to(device), rcfg, train_cfg,
-            prior=prior, init_cfg=cfg.init, extent=result.scene_extent, progress=progress, callback=callback,
-        )
-    result = dataclasses.replace(result, gaussians=refined.gaussians, cameras=refined.cameras)
-
+        refined = refine(Scene(result.gaussians, result.cameras), ctx, build_stages(plan.refine))
     with log.stage("render training views"), torch.no_grad():
-        renders = render_images(result.gaussians, result.cameras, cfg.train.background)
+        renders = render_images(refined.gaussians, refined.cameras, cfg.train.background)
         train_scores = score_views(renders.cpu(), train_views.images, train_views.names)
     metrics: dict = {
         "train": {"psnr": train_scores.psnr, "ssim": train_scores.ssim},
         "views": {"total": len(views), "registered": len(prior.cameras), "failed": prior.failed},
-        "num_gaussians": len(result.gaussians),
+        "num_gaussians": len(refined.gaussians),
         "init": init_stats,
         "refine": refined.metrics,
         "prior": prior.info,
         "timings": log.as_dict(),
     }
-    if views.cameras is not None and cfg.poses == "prior":
+    if views.cameras is not None and not plan.fixed_poses:
         # Against every given view, as recon eval scores: views the prior could not place count as
         # unregistered (180-degree errors), not left out.
         metrics["poses"] = {
             "prior": camera_pose_metrics(prior.cameras, views.cameras),
-            "optimised": camera_pose_metrics(result.cameras.to("cpu"), views.cameras),
+            "optimised": camera_pose_metrics(refined.cameras.to("cpu"), views.cameras),
         }
-    return Reconstruction(
-        cameras=result.cameras.to("cpu"),
-        initial_cameras=prior.cameras,
-        gaussians=result.gaussians.detach().to("cpu"),
-        views=train_views,
-        prior=prior,
-        metrics=metrics,
-        refine_before={k: (g.detach().to("cpu"), c.to("cpu")) for k, (g, c) in refined.before.items()},
-    )
+    return Reconstruction(cameras=refined.cameras, initial_cameras=prior.cameras, gaussians=refined.gaussians,
+                          views=train_views, prior=prior, metrics=metrics, refine_before=refined.before)
 
 
 def evaluate_held_out(
     recon: Reconstruction, test_views: Views, cfg: ReconConfig, ref_train: Cameras | None
 ) -> tuple[dict, torch.Tensor]:
-    """Scores of held-out views; their reference cameras are brought into the reconstruction's frame.
+    """Scores of held-out views and their renders (on the CPU); their reference cameras are brought into
+    the reconstruction's frame.
 
     With dataset poses the frames coincide; with estimated poses a similarity is fitted between the
     reference cameras of the training views ``ref_train`` (same order as ``recon.cameras``) and the
     estimated ones, and each test pose is refined against the frozen Gaussians (``test_pose_iters`` steps).
+    Pose fitting and rendering run on ``cfg.device`` (the model is moved there when it is not).
     """
+    plan = plan_stages(cfg)
     if test_views.cameras is None:
         raise ReconError("held-out views need reference poses; this input has none (drop --test-every)")
-    if cfg.poses == "dataset":
-        cams, iters = test_views.cameras, 0
+    if plan.fixed_poses:
+        cams = test_views.cameras
     else:
         if ref_train is None:
             raise ReconError("held-out views with estimated poses need the training views' reference poses")
-        cams = align_reference_cameras(recon.cameras, ref_train, test_views.cameras)
-        iters = cfg.test_pose_iters
+        cams = align_reference_cameras(recon.cameras.to("cpu"), ref_train, test_views.cameras)
+    device = resolve_device(cfg.device)
     scores, renders, _ = evaluate_test_views(
-        recon.gaussians, cams, test_views.images, fit_pose_iters=iters, background=cfg.train.background
+        recon.gaussians.to(device), cams, test_views.images.to(device), fit_pose_iters=plan.test_pose_iters,
+        background=cfg.train.background,
     )
-    return {"psnr": scores.psnr, "ssim": scores.ssim, "per_view": scores.per_view}, renders
+    return {"psnr": scores.psnr, "ssim": scores.ssim, "per_view": scores.per_view}, renders.cpu()
 
 
 def run(
@@ -239,16 +284,7 @@ def run(
             saves a checkpoint of its current step, and the message says what ``resume`` continues from.
     """
     from recon.io.datasets import load_views
-    from recon.io.run_folder import (
-        build_manifest,
-        clear_leftovers,
-        clear_state,
-        has_run_files,
-        read_manifest,
-        resume_mismatch,
-        set_status,
-        write_manifest,
-    )
+    from recon.io.run_folder import build_manifest, clear_leftovers, clear_state, set_status, write_manifest
     from recon.outdir import check_output_folder
 
     cfg = cfg or ReconConfig()
@@ -260,23 +296,14 @@ def run(
     log = log if log is not None else StageLog(verbose=progress)
     with terminate_as_interrupt(), log.stage("load"):  # SIGTERM stops it as Ctrl-C does
         views = path if isinstance(path, Views) else load_views(Path(path), max_side=cfg.max_side)
+        check_modes(cfg, views, test_views)
         manifest = build_manifest(views, cfg)  # hashes the photos
     if test_views is None:
         train_views, test_views = split_views(views, cfg.test_every)
     else:
         train_views = views
-    previous = read_manifest(out) if resume else None
-    if resume and previous is None:
-        if has_run_files(out):
-            raise ReconError(f"{out} holds no run manifest ({out / 'manifest.json'}): it was not written by "
-                             "this version of recon; run without --resume to start over")
-        log.say(f"nothing to resume in {out}: starting a new run")
-        resume = False
+    resume, previous = _previous_run(out, manifest, resume, log)
     if previous is not None:
-        reason = resume_mismatch(previous, manifest)
-        if reason is not None:
-            raise ReconError(f"cannot --resume the run in {out}: {reason}; use the same input and options, "
-                             "or run without --resume to start over (or use another --out)")
         if previous.get("status") == "finished":
             log.say(f"the run in {out} is already finished: nothing to do (run without --resume to redo it)")
             return _finished_run(out, train_views, previous)
@@ -301,6 +328,27 @@ def run(
     return recon
 
 
+def _previous_run(out: Path, manifest: dict, resume: bool, log: StageLog) -> tuple[bool, dict | None]:
+    """(resume, the manifest of the run in ``out`` to continue or None). Without a run to continue,
+    ``resume`` becomes False; a run of another input or other options, or files of an unknown run, are
+    refused (ReconError)."""
+    from recon.io.run_folder import has_run_files, read_manifest, resume_mismatch
+
+    previous = read_manifest(out) if resume else None
+    if resume and previous is None:
+        if has_run_files(out):
+            raise ReconError(f"{out} holds no run manifest ({out / 'manifest.json'}): it was not written by "
+                             "this version of recon; run without --resume to start over")
+        log.say(f"nothing to resume in {out}: starting a new run")
+        return False, None
+    if previous is not None:
+        reason = resume_mismatch(previous, manifest)
+        if reason is not None:
+            raise ReconError(f"cannot --resume the run in {out}: {reason}; use the same input and options, "
+                             "or run without --resume to start over (or use another --out)")
+    return resume, previous
+
+
 def _run_stages(
     out: Path, views: Views, train_views: Views, test_views: Views | None, cfg: ReconConfig, resume: bool,
     callback: Callable[[TrainState], None] | None, progress: bool, log: StageLog, t0: float,
@@ -323,12 +371,9 @@ def _run_stages(
     if prior is None:
         prior = estimate_geometry(train_views, cfg, resolve_device(cfg.device), log)
         save_prior(cache, prior)  # at once: an interrupt from here on keeps it
-    recon = reconstruct(
-        train_views, cfg, prior=prior, ckpt_dir=ckpt_dir, resume=resume, callback=callback,
-        progress=progress, log=log,
-    )
+    recon = _reconstruct(train_views, cfg, prior, ckpt_dir, resume, callback, progress, log)  # on the device
     with torch.no_grad():
-        train_renders = render_images(recon.gaussians, recon.cameras, cfg.train.background)
+        train_renders = render_images(recon.gaussians, recon.cameras, cfg.train.background).cpu()
     renders = {"train": (recon.views.names, train_renders, recon.views.images)}
     if test_views is not None:
         ref_train = None if train_views.cameras is None else train_views.cameras.subset(recon.cameras.names)
@@ -336,6 +381,7 @@ def _run_stages(
             recon.metrics["test"], test_renders = evaluate_held_out(recon, test_views, cfg, ref_train)
         renders["test"] = (test_views.names, test_renders, test_views.images)
         recon.metrics["views"]["held_out"] = len(test_views)
+    recon = _on_cpu(recon)  # the outputs and the caller get it on the CPU
     recon.metrics["input"] = {"path": str(views.root), "format": views.source, "size": list(views.size)}
     staging = staging_folder(out)
     with log.stage("export"):

@@ -29,15 +29,15 @@ from pathlib import Path
 import torch
 
 from recon.cameras import rotation_angle_deg, transform_points
-from recon.eval.novel_view import align_reference_cameras, evaluate_test_views
 from recon.eval.protocols import make_split
 from recon.gaussians.init import InitConfig, init_from_prior
 from recon.io.atomic import atomic_write_json, atomic_write_text
 from recon.io.datasets import load_views
+from recon.optim.heldout import align_reference_cameras, evaluate_test_views
 from recon.optim.trainer import TrainConfig, train
 from recon.priors.classical.prior import ClassicalConfig
 from recon.priors.factory import dense_prior_for_cameras
-from recon.refine import RefineConfig, refine
+from recon.refine import RefineConfig, RefineContext, Scene, build_stages, refine
 from recon.refine.diffusion import DiffusionConfig
 from recon.synthetic import SceneConfig, make_scene, novel_cameras, perturb_cameras
 
@@ -58,8 +58,12 @@ def run_case(prior, images, ref, test_cams, test_imgs, outlier, train_cfg, init_
              enhancer=None):
     g, _ = init_from_prior(prior, init_cfg)
     res = train(g, prior.cameras, images, train_cfg, progress=False)
-    out = refine(res.gaussians, res.cameras, images, refine_cfg, train_cfg, prior=prior, init_cfg=init_cfg,
-                 extent=res.scene_extent, enhancer=enhancer, progress=False, log=lambda s: None)
+    out = refine(
+        Scene(res.gaussians, res.cameras),
+        RefineContext(images, train_cfg, res.scene_extent, prior=prior, init_cfg=init_cfg, progress=False,
+                      log=lambda s: None),
+        build_stages(refine_cfg, enhancer),
+    )
     inl = [i for i in range(len(ref)) if i != outlier]
     cams = align_reference_cameras(out.cameras.subset(inl), ref.subset(inl), test_cams)
     scores, _, _ = evaluate_test_views(out.gaussians, cams, test_imgs, fit_pose_iters=100)

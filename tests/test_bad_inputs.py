@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -320,6 +321,20 @@ def test_early_errors_leave_no_output_folder(photos, fake_prior, monkeypatch, tm
     rc, _, lines = _cli(["run", photos, "--out", tmp_path / "o2", *FAST], capsys)
     _one_error(rc, lines, "photos share nothing")
     assert not (tmp_path / "o2").exists()
+
+
+def test_held_out_views_without_reference_poses_are_refused_before_any_work(photos, monkeypatch, tmp_path,
+                                                                            capsys):
+    """--test-every on a plain photo folder (no reference poses to place the held-out views): one line and
+    exit 2 right after loading the photos, before the prior runs, with no output folder left."""
+    calls = []
+    monkeypatch.setattr(pipeline, "make_prior", lambda *a, **k: calls.append(a))
+    t0 = time.perf_counter()
+    rc, _, lines = _cli(["run", photos, "--out", tmp_path / "out", "--test-every", "2", *FAST], capsys)
+    seconds = time.perf_counter() - t0
+    _one_error(rc, lines, "--test-every needs reference poses", "drop --test-every")
+    assert calls == [] and not (tmp_path / "out").exists()
+    assert seconds < 1.0, seconds  # parsing and loading four small photos, nothing more
 
 
 def test_a_rerun_replaces_the_previous_outputs(scene, photos, fake_prior, tmp_path, capsys):

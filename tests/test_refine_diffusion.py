@@ -13,7 +13,7 @@ from recon.errors import ReconError
 from recon.gaussians.init import InitConfig, init_from_prior
 from recon.metrics import psnr
 from recon.optim.trainer import TrainConfig, train
-from recon.refine import RefineConfig, prior_depths, refine
+from recon.refine import RefineConfig, RefineContext, Scene, build_stages, prior_depths, refine
 from recon.refine.diffusion import DiffusersEnhancer, DiffusionConfig, nearest_views, pseudo_cameras
 from recon.render.gaussians import render_images
 from recon.synthetic import SceneConfig, make_scene, novel_cameras
@@ -89,8 +89,11 @@ def test_pseudo_cameras_lie_between_and_around_training_cameras(scene):
 def test_stage_skipped_without_model(scene, first_round):
     _, res = first_round
     lines: list[str] = []
-    out = refine(res.gaussians, res.cameras, scene.views.images, RefineConfig(), TRAIN, progress=False,
-                 log=lines.append)
+    out = refine(
+        Scene(res.gaussians, res.cameras),
+        RefineContext(scene.views.images, TRAIN, progress=False, log=lines.append),
+        build_stages(RefineConfig()),
+    )
     assert lines == ["recon: diffusion refinement skipped (no --diffusion-model given)"]
     assert out.metrics["diffusion"] == {"skipped": "no diffusion model given"}
     assert torch.equal(out.gaussians.means, res.gaussians.means)
@@ -108,8 +111,11 @@ def test_tiny_diffusers_model_runs_the_whole_stage(scene, first_round, tiny_mode
     cfg.poses.enabled = False
     cfg.diffusion = DiffusionConfig(model=tiny_model, mode=mode, rounds=2, steps_per_round=5, num_pseudo=3,
                                     inference_steps=4, strength_start=0.6, strength_end=0.3, batch_size=2)
-    out = refine(res.gaussians, res.cameras, scene.views.images, cfg, TRAIN, prior=prior, progress=False,
-                 log=lambda s: None)
+    out = refine(
+        Scene(res.gaussians, res.cameras),
+        RefineContext(scene.views.images, TRAIN, prior=prior, progress=False, log=lambda s: None),
+        build_stages(cfg),
+    )
     m = out.metrics["diffusion"]
     assert m["mode"] == ("img2img" if mode == "auto" else "fixer") and m["dtype"] == "float32"
     assert [r["round"] for r in m["rounds"]] == [0, 1]
@@ -151,8 +157,11 @@ def test_oracle_enhancer_improves_held_out_psnr(scene, first_round):
             return psnr(render_images(g, test_cams).clamp(0, 1), test_imgs)
 
     def run(enhancer):
-        return refine(res.gaussians, res.cameras, scene.views.images, cfg, TRAIN, prior=prior, progress=False,
-                      enhancer=enhancer, log=lambda s: None)
+        return refine(
+            Scene(res.gaussians, res.cameras),
+            RefineContext(scene.views.images, TRAIN, prior=prior, progress=False, log=lambda s: None),
+            build_stages(cfg, enhancer),
+        )
 
     oracle = run(lambda renders, cams, refs, strength: scene.render(cams)[0])
     identity = run(lambda renders, cams, refs, strength: renders)

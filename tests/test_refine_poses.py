@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from recon.cameras import rotation_angle_deg
-from recon.eval.novel_view import align_reference_cameras, evaluate_test_views
 from recon.gaussians.init import InitConfig, init_from_prior
+from recon.optim.heldout import align_reference_cameras, evaluate_test_views
 from recon.optim.trainer import TrainConfig, train
-from recon.refine import RefineConfig, refine, reposition_prior
+from recon.refine import RefineConfig, RefineContext, Scene, build_stages, refine, reposition_prior
 from recon.refine.poses import _robust_outliers
 from recon.synthetic import SceneConfig, make_scene, novel_cameras, perturb_cameras
 
@@ -78,8 +78,12 @@ def test_reposition_prior_moves_point_maps_rigidly(scene):
 
 def test_no_outlier_changes_nothing(scene, clean_run):
     prior, res = clean_run
-    out = refine(res.gaussians, res.cameras, scene.views.images, RefineConfig(), TRAIN, prior=prior,
-                 init_cfg=INIT, extent=res.scene_extent, progress=False, log=lambda s: None)
+    out = refine(
+        Scene(res.gaussians, res.cameras),
+        RefineContext(scene.views.images, TRAIN, res.scene_extent, prior=prior, init_cfg=INIT, progress=False,
+                      log=lambda s: None),
+        build_stages(RefineConfig()),
+    )
     pm = out.metrics["poses"]
     assert pm["flagged"] == [] and pm["corrected"] == []
     assert torch.equal(out.cameras.w2c, res.cameras.w2c)
@@ -97,8 +101,12 @@ def test_outlier_is_corrected_and_psnr_recovers(scene, held_out, clean_run):
     start.w2c[OUTLIER] = perturb_cameras(ref, 60.0, 0.15 * scene.extent, seed=3).w2c[OUTLIER]
     prior, res = _first_round(scene, start)
     inliers = [i for i in range(5) if i != OUTLIER]
-    out = refine(res.gaussians, res.cameras, scene.views.images, RefineConfig(), TRAIN, prior=prior,
-                 init_cfg=INIT, extent=res.scene_extent, progress=False, log=lambda s: None)
+    out = refine(
+        Scene(res.gaussians, res.cameras),
+        RefineContext(scene.views.images, TRAIN, res.scene_extent, prior=prior, init_cfg=INIT, progress=False,
+                      log=lambda s: None),
+        build_stages(RefineConfig()),
+    )
     pm = out.metrics["poses"]
     name = ref.names[OUTLIER]
     assert pm["flagged"] == [name] and pm["corrected"] == [name]
@@ -154,8 +162,12 @@ def test_outlier_corrected_on_llff_fern():
         res = train(g, p.cameras, tr.images, TrainConfig(iters=300, sh_degree=0), progress=False)
         results[label] = (res, held_out(res.gaussians, res.cameras))
     res = results["bad"][0]
-    out = refine(res.gaussians, res.cameras, tr.images, RefineConfig(), TrainConfig(iters=300, sh_degree=0),
-                 prior=bad, init_cfg=INIT, extent=res.scene_extent, progress=False, log=lambda s: None)
+    out = refine(
+        Scene(res.gaussians, res.cameras),
+        RefineContext(tr.images, TrainConfig(iters=300, sh_degree=0), res.scene_extent, prior=bad,
+                      init_cfg=INIT, progress=False, log=lambda s: None),
+        build_stages(RefineConfig()),
+    )
     assert out.metrics["poses"]["corrected"] == [tr.names[OUTLIER]]
     truth = align_reference_cameras(out.cameras.subset(inliers), tr.cameras.subset(inliers),
                                     tr.cameras.subset([OUTLIER]))

@@ -65,10 +65,10 @@ def write_sample_reconstruction(
     units (so the two frustum sets are told apart); the Gaussians come from the oracle prior. With
     ``mesh``, ``mesh.ply`` is the true surface seen by the first camera (:func:`write_grid_mesh`).
     """
-    from recon.eval.novel_view import score_views
     from recon.gaussians.init import init_from_prior
     from recon.io.export import write_outputs
     from recon.io.prior_cache import save_prior
+    from recon.optim.heldout import score_views
     from recon.reconstruction import Reconstruction
     from recon.render.gaussians import render_images
 

@@ -447,14 +447,11 @@ def train(
         Interrupted: on SIGINT/SIGTERM (main thread), at the end of the current step, after writing a
             checkpoint of that step to ``ckpt_dir``; ``--resume`` continues from it exactly.
     """
-    cfg = cfg or TrainConfig()
-    t_start = time.perf_counter()
+    cfg, control, t_start = cfg or TrainConfig(), control or TrainControl(), time.perf_counter()
     trainer = Trainer(gaussians, cameras, images, cfg, depths=depths)
     if resume and ckpt_dir is not None:
         _resume(trainer, ckpt_dir, progress)
-    control = control or TrainControl()
-    last = StepStats(float("nan"), float("nan"))
-    stopped = False
+    last, stopped = StepStats(float("nan"), float("nan")), False
 
     def checkpoint() -> None:
         if ckpt_dir is not None:
@@ -467,11 +464,11 @@ def train(
                            total=cfg.iters, checkpoint=ckpt_dir is not None)
 
     def snapshot() -> TrainState:
-        return TrainState(trainer.step_count, cfg.iters, last.loss, last.psnr, trainer.gaussians(),
-                          trainer.cameras(), control)
+        g, c = trainer.gaussians(), trainer.cameras()
+        return TrainState(trainer.step_count, cfg.iters, last.loss, last.psnr, g, c, control)
 
-    start = trainer.step_count
-    with StepReporter("train", cfg.iters, enabled=progress, start=start) as bar, deferred_interrupts() as sig:
+    bar = StepReporter("train", cfg.iters, enabled=progress, start=trainer.step_count)
+    with bar, deferred_interrupts() as sig:
         while trainer.step_count < cfg.iters:
             while control.pause.is_set() and not control.stop.is_set() and sig.signum is None:
                 time.sleep(0.05)

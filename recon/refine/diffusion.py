@@ -37,12 +37,14 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from recon.cameras import Cameras, camera_centers, interpolate_cameras, rotation_angle_deg
+from recon.cameras import Cameras, camera_centers, interpolate_cameras, rotation_angle_deg, transform_points
 from recon.errors import ReconError
 from recon.gaussians import Gaussians
 from recon.metrics import psnr_per_image
 from recon.optim.schedules import exp_decay
 from recon.optim.trainer import ExtraViews, TrainConfig, Trainer, TrainingDiverged
+from recon.priors.base import PriorResult
+from recon.refine.base import RefineContext, Scene
 from recon.refine.config import DiffusionConfig
 from recon.render.gaussians import render_images
 
@@ -56,6 +58,8 @@ __all__ = [
     "nearest_views",
     "train_with_pseudo_views",
     "run_diffusion_stage",
+    "prior_depths",
+    "DiffusionRefinement",
 ]
 
 
@@ -401,3 +405,52 @@ def run_diffusion_stage(
     metrics["seconds"] = time.perf_counter() - t0
     metrics["steps"] = total
     return gaussians, metrics
+
+
+def prior_depths(prior: PriorResult, H: int, W: int) -> Tensor:
+    """The prior's z-depth (M, H, W) of each view at the image size (0 where unknown or unconfident).
+
+    Uses ``prior.depth`` when present, else the point maps' z in the prior's cameras; resized with
+    nearest neighbours (depth must not be blurred across edges).
+    """
+    if prior.depth is not None:
+        d = prior.depth.float()
+    else:
+        w2c = prior.cameras.w2c.double()
+        M = prior.pointmaps.shape[0]
+        flat = prior.pointmaps.double().reshape(M, -1, 3)
+        d = torch.stack([transform_points(w2c[m], flat[m])[:, 2] for m in range(M)])
+        d = d.reshape(prior.pointmaps.shape[:3]).float()
+    d = torch.where(prior.conf > 0, d, torch.zeros_like(d)) if prior.conf is not None else d
+    if tuple(d.shape[1:]) != (H, W):
+        d = F.interpolate(d[:, None], size=(H, W), mode="nearest")[:, 0]
+    return d.clamp_min(0)
+
+
+class DiffusionRefinement:
+    """The refinement stage (:class:`recon.refine.base.RefineStage`) around :func:`run_diffusion_stage`;
+    the context's prior, when it covers the scene's cameras, gives the depth-correlation term's depth.
+    ``enhancer`` stands in for ``cfg.model`` (tests, custom models)."""
+
+    name = "diffusion"
+
+    def __init__(self, cfg: DiffusionConfig, enhancer: Enhancer | None = None):
+        self.cfg = cfg
+        self.enhancer = enhancer
+
+    @property
+    def active(self) -> bool:
+        return self.cfg.model is not None or self.enhancer is not None
+
+    def __call__(self, scene: Scene, ctx: RefineContext) -> tuple[Scene, dict]:
+        depths = None
+        prior, names = ctx.prior, scene.cameras.names
+        covered = prior is not None and set(names) <= set(prior.cameras.names)
+        if self.active and covered and self.cfg.depth_lambda > 0:
+            order = [prior.cameras.names.index(n) for n in names]
+            depths = prior_depths(prior, int(ctx.images.shape[1]), int(ctx.images.shape[2]))[order]
+        gaussians, metrics = run_diffusion_stage(
+            scene.gaussians, scene.cameras, ctx.images, self.cfg, ctx.train_cfg, extent=ctx.extent,
+            depths=depths, enhancer=self.enhancer, log=ctx.log,
+        )
+        return Scene(gaussians, scene.cameras), metrics

@@ -17,13 +17,15 @@ Steps (all in the trained reconstruction's frame):
    the inliers' azimuths plus a margin, and the current pose. All are rendered in batches and the best few
    by photometric loss are refined continuously (:func:`recon.optim.pose.fit_poses`), the current pose
    too, so that the comparison is fair. The new pose is accepted only when its loss is clearly lower.
-3. The caller re-optimises (:func:`recon.refine.refine` re-initialises from the prior with the corrected
-   pose when it has the prior, else continues training).
+3. :class:`PoseCorrection` (the stage) re-optimises: from the prior re-initialised with the corrected
+   pose (:func:`reposition_prior`) when it has the prior, else continuing from the trained Gaussians.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import time
 from dataclasses import dataclass
 
 import cv2
@@ -40,15 +42,23 @@ from recon.cameras import (
     transform_points,
 )
 from recon.gaussians import Gaussians
+from recon.gaussians.init import InitConfig, init_from_prior
 from recon.matching import Features, detect_features, match_descriptors
 from recon.optim.losses import photometric_loss
 from recon.optim.pose import fit_poses
+from recon.optim.trainer import train
+from recon.priors.base import PriorResult
+from recon.refine.base import RefineContext, Scene
 from recon.refine.config import PoseCorrectionConfig
 from recon.render import render_gaussians
+from recon.render.gaussians import background_tensor
 
 Tensor = torch.Tensor
 
-__all__ = ["PoseCorrectionConfig", "ViewScore", "score_views", "correct_view", "correct_outliers"]
+__all__ = [
+    "PoseCorrection", "PoseCorrectionConfig", "ViewScore", "score_views", "correct_view", "correct_outliers",
+    "reposition_prior",
+]
 
 
 @dataclass
@@ -374,3 +384,54 @@ def correct_outliers(
             w2c[v] = new.to(w2c)
             metrics["corrected"].append(cameras.names[v])
     return cameras.with_w2c(w2c), metrics
+
+
+def reposition_prior(prior: PriorResult, cameras: Cameras) -> PriorResult:
+    """The prior with each view's point map moved rigidly from its prior pose to ``cameras``' pose.
+
+    A prior's per-view geometry (depth in the camera frame) is usually right even when its pose is not,
+    so re-expressing every point map with the corrected (and first-round optimised) poses turns a
+    misplaced copy of the outlier's surfaces into a consistent one. ``cameras`` are matched by name.
+    """
+    cams = cameras.subset(prior.cameras.names).to("cpu")
+    T = invert_rigid(cams.w2c.double()) @ prior.cameras.w2c.double()  # (M,4,4): old world -> new world
+    pts = torch.stack([transform_points(T[m], pm.double().reshape(-1, 3)).reshape(pm.shape)
+                       for m, pm in enumerate(prior.pointmaps)]).float()
+    return dataclasses.replace(prior, cameras=cams.with_w2c(cams.w2c), pointmaps=pts)
+
+
+@dataclass
+class PoseCorrection:
+    """The refinement stage (:class:`recon.refine.base.RefineStage`): detect outlier training views, re-place
+    them (:func:`correct_outliers`) and, when one was corrected, re-optimise the scene jointly for
+    ``cfg.reopt_iters`` steps (0: the first round's), from the repositioned prior when the context has it
+    (the misplaced copy of the outlier's surfaces disappears), else from the trained Gaussians."""
+
+    cfg: PoseCorrectionConfig
+    name: str = "poses"
+
+    @property
+    def active(self) -> bool:
+        return self.cfg.enabled
+
+    def __call__(self, scene: Scene, ctx: RefineContext) -> tuple[Scene, dict]:
+        if not self.cfg.enabled:
+            return scene, {"skipped": "disabled"}
+        t0 = time.perf_counter()
+        bg = background_tensor(ctx.train_cfg.background, ctx.images.device)
+        cams, pm = correct_outliers(scene.gaussians, scene.cameras, ctx.images, self.cfg, ctx.extent, bg)
+        if pm.get("corrected"):
+            ctx.log(f"recon: corrected the pose of {', '.join(pm['corrected'])}; re-optimising")
+            iters = self.cfg.reopt_iters or ctx.train_cfg.iters
+            reopt_cfg = dataclasses.replace(ctx.train_cfg, iters=iters)
+            start = scene.gaussians
+            if ctx.prior is not None:
+                start, _ = init_from_prior(reposition_prior(ctx.prior, cams), ctx.init_cfg or InitConfig())
+                start = start.to(ctx.images.device)
+            pm["reinitialised"] = ctx.prior is not None
+            res = train(start, cams.to(ctx.images.device), ctx.images, reopt_cfg, progress=ctx.progress,
+                        callback=ctx.callback)
+            scene = Scene(res.gaussians, res.cameras)
+            pm["reopt_iters"] = iters
+        pm["seconds"] = time.perf_counter() - t0
+        return scene, pm

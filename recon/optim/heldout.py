@@ -1,5 +1,8 @@
 """Held-out view evaluation: bring reference test cameras into the reconstruction's frame, optionally
-refine their poses against the frozen Gaussians (as InstantSplat does), render, and score."""
+refine their poses against the frozen Gaussians (as InstantSplat does), render, and score.
+
+Below the pipeline (which scores held-out views of a run) and ``eval`` (which runs it per scene), so both
+may use it."""
 
 from __future__ import annotations
 
