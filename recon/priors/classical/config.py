@@ -77,6 +77,16 @@ class SfMConfig:
     """Guided matches must triangulate within the depth range of the points found before them (1st-99th
     percentile per view) widened by this fraction: a wrong match on repeated texture along the epipolar
     line triangulates without error, but at a depth where the scene is not."""
+    verify_rotation_deg: NonNegativeFloat = 5.0
+    """A verified pair disagrees with the placed cameras when their relative rotations differ by more than
+    this (a pair's own essential matrix is accurate to about a degree: more is a wrong pair or a wrong
+    placement; see ``recon/priors/classical/verify.py``)..."""
+    verify_direction_deg: NonNegativeFloat = 15.0
+    """...or their baseline directions by more than this, for pairs whose median triangulation angle is
+    at least ``verify_min_tri_angle_deg`` (below it the direction is not determined)."""
+    verify_min_tri_angle_deg: NonNegativeFloat = 2.0
+    verify_alternatives: NonNegativeInt = 3
+    """Alternative models (without the disagreeing pairs) grown when pairs disagree (0: none)."""
 
 
 @dataclass

@@ -10,7 +10,9 @@ with a placed view plus a scale from the shared points (``registration.py``), tr
 reprojection checks, and bundle adjustment after every step, refining the focal from three views on (the
 model: ``sfm_model.py``) -> guided matching of every pair of placed views along the epipolar lines of the
 current cameras, re-triangulation and bundle adjustment on the denser, loop-closing tracks (``guided.py``)
--> the result (``sfm_result.py``).
+-> checks of the cameras against every pair's own two-view geometry, with alternative models when they
+disagree, views no consistent model explains left out, and a confidence per view (``verify.py``) -> the
+result (``sfm_result.py``).
 
 Everything is float64 numpy internally; the result carries project ``Cameras`` (float32 torch).
 Never reads ``views.cameras``: reference cameras are for evaluation only.
@@ -27,11 +29,11 @@ from recon.matching.features import Features, detect_features
 from recon.priors.classical.config import SfMConfig
 from recon.priors.classical.focal import focal_range_px, initial_focal
 from recon.priors.classical.guided import guided_rounds
-from recon.priors.classical.registration import best_model
 from recon.priors.classical.sfm_model import SfMModel
 from recon.priors.classical.sfm_result import SfMResult, Tracks, assemble
 from recon.priors.classical.tracks import TrackSet
 from recon.priors.classical.verification import isolated_views, match_pairs, no_overlap_error, relative_poses
+from recon.priors.classical.verify import final_check, trusted_model
 from recon.views import Views
 
 __all__ = ["SfMResult", "Tracks", "run_sfm"]
@@ -72,12 +74,14 @@ def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
     failed.update(isolated_views(pairs, valid, connected, names, cfg))
     tracks = TrackSet(feats, [p for p in verified if p.e_inliers is not None], 2.0 * thr)
     refine_f = cfg.refine_focal and focal0.source != "exif"
-    model, tried = best_model(verified, tracks, n, connected, K, thr, cfg, refine_f, names)
+    model, tried, checks_info = trusted_model(verified, feats, tracks, n, connected, K, thr, cfg, refine_f,
+                                              names)
     fixed = min(model.w2c)
     t4 = time.perf_counter()
     model, guided_info = guided_rounds(model, feats, graph, verified, fixed, refine_f, cfg)
     timings["guided_s"] = time.perf_counter() - t4
     ba_info = _final_bundle(model, fixed, refine_f and len(model.w2c) >= 3, focal0.focal, (W, H), cfg)
+    checks_info.update(final_check(model, verified, feats, focal0.source, focal0.support, cfg, names))
     timings["registration_s"] = time.perf_counter() - t3 - timings["guided_s"]  # incl. bundle adjustment
     for v in connected:
         if v not in model.w2c:
@@ -103,6 +107,8 @@ def run_sfm(views: Views, cfg: SfMConfig | None = None) -> SfMResult:
         "guided_matches": guided_info,
         "tracks_dropped_inconsistent": tracks.n_dropped,
         "ba": ba_info,
+        "confidence": checks_info.pop("confidence"),
+        "verification": checks_info,
         "timings": timings,
     })
     return result

@@ -138,6 +138,12 @@ class SfMModel:
     def fail(self, v: int, reason: str) -> None:
         self.failed_pnp[v] = reason
 
+    def unplace(self, v: int, reason: str) -> None:
+        """Take view v out of the model (a check found its placement untrustworthy); its observations stay,
+        unused while it is not placed."""
+        self.w2c.pop(v, None)
+        self.fail(v, reason)
+
     def set_focal(self, focal: float) -> None:
         self.focal = focal
         self.K = np.array([[focal, 0, self.pp[0]], [0, focal, self.pp[1]], [0, 0, 1.0]])
