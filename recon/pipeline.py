@@ -192,6 +192,10 @@ def _reconstruct(
         log.say(f"view {name} not placed, left out: {reason}")
     if prior.failed:
         log.say(f"using {len(prior.cameras)} of {len(views)} views ({len(prior.failed)} not placed)")
+    low, conf = prior.info.get("low_confidence") or [], prior.info.get("confidence") or {}
+    if low:  # views the prior placed on weak evidence (see recon/priors/classical/verify.py)
+        log.say("placed with low confidence (one pair of photos, or contradicting ones, place them): "
+                + ", ".join(f"{n} ({conf.get(n, 0.0):.2f})" for n in low))
     train_views = _training_views(views, prior)
     with log.stage("init"):
         gaussians, init_stats = init_from_prior(prior, cfg.init)

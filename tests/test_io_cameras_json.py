@@ -55,3 +55,19 @@ def test_mismatched_initial_and_bad_files(tmp_path):
         load_cameras_json(bad)
     with pytest.raises(ReconError, match="does not exist"):
         load_cameras_json(tmp_path / "none.json")
+
+
+def test_confidence_is_optional_and_old_readers_ignore_it(tmp_path):
+    from recon.io.cameras_json import load_camera_confidence
+
+    cams = _cameras(3)
+    p = tmp_path / "cameras.json"
+    save_cameras_json(p, cams, None, {"img_0.png": 1.0, "img_2.png": 0.5})
+    entries = json.loads(p.read_text())["cameras"]
+    assert [e.get("confidence") for e in entries] == [1.0, None, 0.5]
+    assert "confidence" not in entries[1]  # a view without one is written as before
+    back, _ = load_cameras_json(p)  # the reader of files without confidence reads these unchanged
+    assert torch.equal(back.w2c, cams.w2c)
+    assert load_camera_confidence(p) == {"img_0.png": 1.0, "img_2.png": 0.5}
+    save_cameras_json(p, cams)
+    assert load_camera_confidence(p) == {}

@@ -5,7 +5,12 @@ Layout (one entry per view, matrices as nested row-major lists)::
     {"cameras": [{"name": "0001.png", "width": 504, "height": 378,
                   "K": [[fx, 0, cx], [0, fy, cy], [0, 0, 1]],
                   "w2c": 4x4 (OpenCV world-to-camera),
-                  "initial_w2c": 4x4 or null}, ...]}
+                  "initial_w2c": 4x4 or null,
+                  "confidence": 0.5}, ...]}
+
+``confidence`` (optional, in [0, 1]) is how well the prior's evidence supports the view's placement (the
+classical prior: the share of its pairs' inliers that agree with it, halved when a single pair places
+it; see ``recon/priors/classical/verify.py``); readers that do not know it ignore it.
 
 float32 values are written with Python's shortest round-tripping repr, so loading gives back the exact
 float32 numbers.
@@ -24,8 +29,10 @@ from recon.errors import ReconError
 from recon.io.atomic import atomic_write_json
 
 
-def save_cameras_json(path: str | Path, cameras: Cameras, initial: Cameras | None = None) -> None:
-    """Write ``cameras`` (and the matching ``initial`` w2c, same names and order) atomically.
+def save_cameras_json(path: str | Path, cameras: Cameras, initial: Cameras | None = None,
+                      confidence: dict[str, float] | None = None) -> None:
+    """Write ``cameras`` (and the matching ``initial`` w2c, same names and order) atomically, with each
+    view's ``confidence`` (by name) where given.
 
     Raises:
         ValueError: ``initial`` has different names from ``cameras``.
@@ -41,7 +48,19 @@ def save_cameras_json(path: str | Path, cameras: Cameras, initial: Cameras | Non
          "initial_w2c": init[i]}
         for i, name in enumerate(cameras.names)
     ]
+    for e in entries:
+        if confidence and e["name"] in confidence:
+            e["confidence"] = float(confidence[e["name"]])
     atomic_write_json(path, {"cameras": entries})
+
+
+def load_camera_confidence(path: str | Path) -> dict[str, float]:
+    """View name -> placement confidence, for the views of a ``cameras.json`` that carry one."""
+    try:
+        entries = json.loads(Path(path).read_text())["cameras"]
+        return {str(e["name"]): float(e["confidence"]) for e in entries if e.get("confidence") is not None}
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ReconError(f"{path} is not a cameras.json: {e}") from None
 
 
 def load_cameras_json(path: str | Path) -> tuple[Cameras, Cameras | None]:

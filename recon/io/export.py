@@ -103,7 +103,8 @@ def write_outputs(
     out.mkdir(parents=True, exist_ok=True)
     g = recon.gaussians.detach().to("cpu")
     save_ply(out / "point_cloud.ply", g)
-    save_cameras_json(out / "cameras.json", recon.cameras, recon.initial_cameras)
+    confidence = recon.prior.info.get("confidence") if recon.prior is not None else None
+    save_cameras_json(out / "cameras.json", recon.cameras, recon.initial_cameras, confidence)
     write_colmap_model(out / "sparse" / "0", recon.cameras, g.means, sh0_to_rgb(g.sh0[:, 0]))
     for name, image in zip(recon.views.names, recon.views.images, strict=True):
         save_png(out / "images" / png_name(name), image)

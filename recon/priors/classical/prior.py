@@ -74,4 +74,6 @@ class ClassicalPrior:
             views, sfm.cameras, self.cfg.dense, points, sfm.neighbors, sfm.failed, {"sfm": sfm.info}
         )
         result.info["dense_s"] = time.perf_counter() - t0
+        result.info["confidence"] = dict(sfm.info.get("confidence", {}))  # per placed view, in [0, 1]
+        result.info["low_confidence"] = list(sfm.info.get("verification", {}).get("low_confidence", []))
         return result
