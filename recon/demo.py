@@ -167,7 +167,7 @@ def run_demo(
     """
     from recon.export.mesh import gaussians_to_mesh, save_mesh
     from recon.io.atomic import atomic_write_json
-    from recon.io.export import save_renders, to_jsonable
+    from recon.outputs import save_renders, to_jsonable
     from recon.pipeline import run
     from recon.synthetic import SceneConfig, make_scene, novel_cameras
     from recon.views import Views

@@ -16,7 +16,7 @@ STATE_ENTRIES = ("cache", "checkpoints")
 """Resumable state of the current run: the cached prior and the trainer's checkpoint."""
 OUTPUT_ENTRIES = ("point_cloud.ply", "cameras.json", "sparse", "images", "renders", "metrics.json",
                   "config.json")
-"""What a finished run publishes (see :func:`recon.io.export.write_outputs`)."""
+"""What a finished run publishes (see :func:`recon.outputs.write_outputs`)."""
 STAGING_PREFIX = ".incoming-"
 """Name prefix of the hidden folder a run writes its outputs into before publishing them."""
 

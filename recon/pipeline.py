@@ -2,7 +2,7 @@
 
 Stages (one package each): io (views) -> priors (cameras + point maps) -> gaussians (initialisation) ->
 optim (joint optimisation of Gaussians and poses) -> refine (stages) -> held-out views (optim.heldout) ->
-io.export (files). The CLI (:mod:`recon.cli`) is a thin layer over :func:`run`.
+outputs (files). The CLI (:mod:`recon.cli`) is a thin layer over :func:`run`.
 
 What the options decide for the stages (``--poses dataset`` fixes the poses everywhere) is decided once,
 in :func:`plan_stages`; mode combinations that cannot work are refused before any work
@@ -288,8 +288,8 @@ def run(
             saves a checkpoint of its current step, and the message says what ``resume`` continues from.
     """
     from recon.io.datasets import load_views
-    from recon.io.run_folder import build_manifest, clear_leftovers, clear_state, set_status, write_manifest
     from recon.outdir import check_output_folder
+    from recon.run_folder import build_manifest, clear_leftovers, clear_state, set_status, write_manifest
 
     cfg = cfg or ReconConfig()
     validate_options(cfg)
@@ -336,7 +336,7 @@ def _previous_run(out: Path, manifest: dict, resume: bool, log: StageLog) -> tup
     """(resume, the manifest of the run in ``out`` to continue or None). Without a run to continue,
     ``resume`` becomes False; a run of another input or other options, or files of an unknown run, are
     refused (ReconError)."""
-    from recon.io.run_folder import has_run_files, read_manifest, resume_mismatch
+    from recon.run_folder import has_run_files, read_manifest, resume_mismatch
 
     previous = read_manifest(out) if resume else None
     if resume and previous is None:
@@ -360,10 +360,10 @@ def _run_stages(
     """The stages of :func:`run` once its manifest is written: prior (cached at once), reconstruction,
     held-out scoring, outputs (staged, then published over the previous run's)."""
     from recon.io.atomic import atomic_write_json
-    from recon.io.export import to_jsonable, write_outputs
-    from recon.io.prior_cache import save_prior
-    from recon.io.run_folder import publish_outputs, staging_folder
     from recon.optim.checkpoint import checkpoint_path
+    from recon.outputs import to_jsonable, write_outputs
+    from recon.priors.cache import save_prior
+    from recon.run_folder import publish_outputs, staging_folder
 
     cache, ckpt_dir = out / "cache" / "prior.safetensors", out / "checkpoints"
     prior = _cached_prior(cache, train_views) if resume else None
@@ -403,7 +403,7 @@ def _cached_prior(cache: Path, train_views: Views) -> PriorResult | None:
     Raises:
         ReconError: the file cannot be read or does not belong to these views.
     """
-    from recon.io.prior_cache import load_prior
+    from recon.priors.cache import load_prior
 
     if not cache.is_file():
         return None
@@ -424,8 +424,8 @@ def _finished_run(out: Path, train_views: Views, manifest: dict) -> Reconstructi
     """The reconstruction a finished run in ``out`` published, read back from its files."""
     import json
 
+    from recon.gaussians.ply import load_ply
     from recon.io.cameras_json import load_cameras_json
-    from recon.io.ply import load_ply
 
     try:
         cameras, initial = load_cameras_json(out / "cameras.json")
@@ -467,7 +467,7 @@ def _discard_failed(out: Path, manifest: dict, created: bool, error: str) -> Non
     (no empty output folder); otherwise the manifest records the failure."""
     import shutil
 
-    from recon.io.run_folder import set_status
+    from recon.run_folder import set_status
 
     leftovers = [p for p in out.iterdir() if p.name not in ("manifest.json", "cache", "checkpoints")] \
         if out.is_dir() else []

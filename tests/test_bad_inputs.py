@@ -40,7 +40,7 @@ from recon.cameras import Cameras
 from recon.cli import main
 from recon.config import ReconConfig
 from recon.errors import Interrupted, ReconError
-from recon.io import load_ply
+from recon.gaussians.ply import load_ply
 from recon.io.images import MAX_PIXELS, image_size, load_image
 from recon.optim.config import TrainConfig
 from recon.options import iter_options

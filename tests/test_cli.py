@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recon.cli import main
-from recon.io import load_ply
+from recon.gaussians.ply import load_ply
 from recon.io.colmap import write_colmap_text
 from recon.synthetic import SceneConfig, make_scene, save_views
 

@@ -14,9 +14,9 @@ from recon.cameras import quat_normalize
 from recon.errors import ReconError
 from recon.export import ExportConfig, export
 from recon.gaussians.model import Gaussians, sh0_to_rgb
-from recon.io.export import write_outputs
+from recon.gaussians.splat import load_splat, save_splat, splat_bytes, splat_order
 from recon.io.nerf import load_nerf
-from recon.io.splat import load_splat, save_splat, splat_bytes, splat_order
+from recon.outputs import write_outputs
 from recon.reconstruction import Reconstruction
 from recon.synthetic import SceneConfig, make_scene
 

@@ -9,7 +9,7 @@ from plyfile import PlyData, PlyElement
 
 from recon.errors import ReconError
 from recon.gaussians.model import Gaussians
-from recon.io.ply import load_ply, save_ply
+from recon.gaussians.ply import load_ply, save_ply
 
 
 def _random_gaussians(n: int, degree: int) -> Gaussians:

@@ -119,7 +119,8 @@ def test_splat_arrays_covariance_colour_opacity():
 
 def test_render_view_from_a_training_camera_equals_the_training_render(sample_out):
     """The server-side view render (browser camera -> recon camera) reproduces recon's own render."""
-    from recon.io import load_cameras_json, load_ply
+    from recon.gaussians.ply import load_ply
+    from recon.io import load_cameras_json
     from recon.render.gaussians import render_images
 
     g = load_ply(sample_out / "point_cloud.ply")

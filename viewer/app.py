@@ -74,7 +74,8 @@ def load_results(target: str | Path) -> Results:
         ReconError: the path does not exist, is a folder without ``point_cloud.ply``, is a file that is not
             a 3D Gaussian PLY, or holds a malformed ``cameras.json`` / ``metrics.json``.
     """
-    from recon.io import load_cameras_json, load_ply
+    from recon.gaussians.ply import load_ply
+    from recon.io import load_cameras_json
 
     target = Path(target)
     if not target.exists():
@@ -97,7 +98,7 @@ def load_results(target: str | Path) -> Results:
             raise ReconError(f"{target / 'metrics.json'} is not valid JSON ({e}); fix or delete it") from None
     cache = target / "cache" / "prior.safetensors"
     if cache.is_file():
-        from recon.io.prior_cache import load_prior
+        from recon.priors.cache import load_prior
 
         try:
             res.prior_points = prior_point_cloud(load_prior(cache))

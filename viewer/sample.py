@@ -66,9 +66,9 @@ def write_sample_reconstruction(
     ``mesh``, ``mesh.ply`` is the true surface seen by the first camera (:func:`write_grid_mesh`).
     """
     from recon.gaussians.init import init_from_prior
-    from recon.io.export import write_outputs
-    from recon.io.prior_cache import save_prior
     from recon.optim.heldout import score_views
+    from recon.outputs import write_outputs
+    from recon.priors.cache import save_prior
     from recon.reconstruction import Reconstruction
     from recon.render.gaussians import render_images
 

@@ -36,8 +36,8 @@ from recon.eval.protocols import make_split, read_split_file
 from recon.eval.report import AUC_KEYS, mean_row, results_markdown, write_report_html
 from recon.io.atomic import atomic_write_json, atomic_write_text
 from recon.io.datasets import load_views
-from recon.io.export import to_jsonable, write_outputs
 from recon.metrics import aligned_centers, camera_pose_metrics, match_cameras
+from recon.outputs import to_jsonable, write_outputs
 from recon.pipeline import evaluate_held_out, reconstruct
 from recon.progress import StageLog
 from recon.reconstruction import Reconstruction

@@ -1,5 +1,5 @@
 """Exports people use: a TSDF mesh (``mesh.py``), a nerfstudio dataset and a ``.splat`` file
-(``api.py`` over :mod:`recon.io.nerfstudio` and :mod:`recon.io.splat`), configured by ``config.py``.
+(``api.py`` over :mod:`recon.io.nerfstudio` and :mod:`recon.gaussians.splat`), configured by ``config.py``.
 
 The package itself stays light (no torch at import, so that the CLI parses arguments quickly): its names
 are loaded on first use.

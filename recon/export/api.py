@@ -5,7 +5,7 @@ Formats and where they go by default (inside the output folder; ``to`` overrides
 
 - ``mesh``: ``mesh.ply`` (and ``mesh.obj`` with ``MeshConfig.obj``), :mod:`recon.export.mesh`;
 - ``nerfstudio``: ``nerfstudio/`` with transforms.json, images/ and sparse_pc.ply, :mod:`recon.io.nerfstudio`;
-- ``splat``: ``point_cloud.splat``, :mod:`recon.io.splat`.
+- ``splat``: ``point_cloud.splat``, :mod:`recon.gaussians.splat`.
 
 An output folder provides ``point_cloud.ply`` and ``cameras.json``; the nerfstudio export also needs the
 training images: ``images/`` of the folder (written by every run), else the input recorded in
@@ -53,8 +53,8 @@ def _from_reconstruction(recon: Reconstruction) -> _Source:
 
 
 def _from_folder(out: Path) -> _Source:
+    from recon.gaussians.ply import load_ply
     from recon.io.cameras_json import load_cameras_json
-    from recon.io.ply import load_ply
 
     if not out.is_dir():
         raise ReconError(f"{out} is not a folder; export reads an output folder of `recon run`")
@@ -64,7 +64,7 @@ def _from_folder(out: Path) -> _Source:
 
 def _folder_images(out: Path, cameras: Cameras) -> torch.Tensor | list[Path]:
     """The training images of an output folder: its ``images/`` PNGs, else the recorded input, reloaded."""
-    from recon.io.export import png_name
+    from recon.io.png import png_name
 
     files = [out / "images" / png_name(n) for n in cameras.names]
     if all(f.is_file() for f in files):
@@ -112,7 +112,7 @@ def _export(src: _Source, cfg: ExportConfig, to: Path | None) -> ExportResult:
         to = src.folder / DEFAULT_NAMES[fmt]
     to = Path(to)
     if fmt == "splat":
-        from recon.io.splat import save_splat
+        from recon.gaussians.splat import save_splat
 
         save_splat(to, src.gaussians)
         return ExportResult(fmt, [to], {"gaussians": len(src.gaussians)})

@@ -1,5 +1,6 @@
 """Gaussian parameters (``model.py``), their initialisation from point maps (``init.py``, configured by
-``config.py``) and densification.
+``config.py``), densification, and their files: the 3DGS PLY (``ply.py``) and the web viewers' ``.splat``
+(``splat.py``).
 
 The package itself stays light (no torch at import, so that the CLI parses arguments quickly): its names
 are loaded on first use.
@@ -19,4 +20,8 @@ __getattr__, __all__ = lazy_names(__name__, {
     "InitStats": "recon.gaussians.init",
     "init_from_points": "recon.gaussians.init",
     "init_from_prior": "recon.gaussians.init",
+    "load_ply": "recon.gaussians.ply",
+    "save_ply": "recon.gaussians.ply",
+    "load_splat": "recon.gaussians.splat",
+    "save_splat": "recon.gaussians.splat",
 })

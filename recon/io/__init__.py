@@ -1,7 +1,10 @@
-"""Input and output: images and dataset readers (-> Views), 3DGS PLY, cameras.json, COLMAP, atomic writes.
+"""Input and output: images and dataset readers (-> Views), cameras.json, COLMAP, PNGs, atomic writes.
 
 Readers return :class:`recon.views.Views` whose reference cameras follow CONVENTIONS (OpenCV w2c, K in
 pixels of the loaded images). Every writer is atomic (temporary file in the same folder, then rename).
+io holds file formats of leaf types only: the Gaussian codecs (3DGS PLY, .splat) live beside their type in
+:mod:`recon.gaussians`, the prior cache in :mod:`recon.priors.cache`, and the run's output folder in
+:mod:`recon.outputs` and :mod:`recon.run_folder`.
 """
 
 from recon.io.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -13,7 +16,6 @@ from recon.io.images import IMAGE_EXTS, image_size, list_images, load_image, loa
 from recon.io.llff import load_llff
 from recon.io.middlebury import load_middlebury
 from recon.io.nerf import load_nerf
-from recon.io.ply import load_ply, save_ply
 from recon.io.strecha import load_strecha
 
 __all__ = [
@@ -35,11 +37,9 @@ __all__ = [
     "load_llff",
     "load_middlebury",
     "load_nerf",
-    "load_ply",
     "load_strecha",
     "load_views",
     "read_colmap_model",
     "save_cameras_json",
-    "save_ply",
     "write_colmap_text",
 ]

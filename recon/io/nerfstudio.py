@@ -26,8 +26,8 @@ from plyfile import PlyData, PlyElement
 from recon.cameras import Cameras
 from recon.errors import ReconError
 from recon.io.atomic import atomic_path, atomic_write_json
-from recon.io.export import png_name, save_png
 from recon.io.nerf import OPENGL_TO_OPENCV
+from recon.io.png import png_name, save_png
 
 INTRINSIC_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
 POINTS_FILE = "sparse_pc.ply"

@@ -24,10 +24,11 @@ import torch
 
 from recon.cameras import Cameras
 from recon.gaussians import sh0_to_rgb
-from recon.io.atomic import atomic_path, atomic_write_json
+from recon.gaussians.ply import save_ply
+from recon.io.atomic import atomic_write_json
 from recon.io.cameras_json import save_cameras_json
 from recon.io.colmap import write_colmap_text
-from recon.io.ply import save_ply
+from recon.io.png import png_name, save_png
 from recon.reconstruction import Reconstruction
 
 MAX_COLMAP_POINTS = 200_000
@@ -50,22 +51,6 @@ def to_jsonable(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     return obj
-
-
-def png_name(name: str) -> str:
-    """The file name an image called ``name`` gets in an output folder: its stem + ``.png``."""
-    return Path(name).stem + ".png"
-
-
-def save_png(path: Path, image: torch.Tensor | np.ndarray) -> None:
-    """Save an (H, W, 3) float image in [0, 1] as an 8-bit PNG, atomically."""
-    import imageio.v3 as iio
-
-    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        iio.imwrite(tmp, arr, extension=".png")
 
 
 def save_renders(folder: Path, names: list[str], renders: torch.Tensor, targets: torch.Tensor | None) -> None:
