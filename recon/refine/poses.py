@@ -56,8 +56,8 @@ from recon.render.gaussians import background_tensor
 Tensor = torch.Tensor
 
 __all__ = [
-    "PoseCorrection", "PoseCorrectionConfig", "ViewScore", "score_views", "correct_view", "correct_outliers",
-    "reposition_prior",
+    "PoseCorrection", "PoseCorrectionConfig", "ViewScore", "score_pose_outliers", "correct_view",
+    "correct_outliers", "reposition_prior",
 ]
 
 
@@ -140,7 +140,7 @@ def _match_all(images: Tensor, cfg: PoseCorrectionConfig) -> _Matching:
     return _Matching(feats, pairs)
 
 
-def score_views(
+def score_pose_outliers(
     gaussians: Gaussians,
     cameras: Cameras,
     images: Tensor,
@@ -366,7 +366,7 @@ def correct_outliers(
     n = len(cameras)
     if n < 3:
         return cameras, {"skipped": f"{n} views: too few for robust outlier statistics", "corrected": []}
-    scores, matching, renders = score_views(gaussians, cameras, images, cfg, background)
+    scores, matching, renders = score_pose_outliers(gaussians, cameras, images, cfg, background)
     flagged = [i for i, s in enumerate(scores) if s.flagged]
     metrics: dict = {
         "scores": [vars(s) for s in scores],
