@@ -25,6 +25,7 @@ max(RRE, RTE) over every pair of every subset, a pair with an unplaced view coun
     python scripts/bench_registration.py --json > /tmp/b.json  # one JSON object, per subset too
     python scripts/bench_registration.py --scenes llff_fern --per-scene 4 --no-colmap
     python scripts/bench_registration.py --write README.md     # the summary table between its markers
+    python scripts/bench_registration.py --load /tmp/b.json --write README.md  # from a saved run
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ class BenchConfig:
     """Also run COLMAP (pycolmap, the ``bench`` extra) on every subset."""
     json: bool = False
     """Print one JSON object (summary and every subset) instead of tables."""
+    load: Path | None = None
+    """Summarise the subsets of a saved ``--json`` output instead of running (e.g. with ``--write``)."""
     write: Path | None = None
     """Also put the summary table into this markdown file between ``<!-- bench-registration:start -->``
     and ``<!-- bench-registration:end -->``."""
@@ -293,15 +296,16 @@ def _counts(status: list[str]) -> str:
 
 def _fmt_row(label: str, s: dict | None) -> list[str]:
     if s is None:
-        return ["-"] * 5
+        return ["-"] * 6
     auc = "-" if s["auc15"] is None else f"{s['auc15']:.3f}"
-    return [f"{100 * s['correct']:.0f}%", str(s["wrong"]), str(s["not_placed"]), auc, f"{s['seconds']:.0f}"]
+    return [f"{100 * s['correct']:.0f}%", str(s["inaccurate"]), str(s["wrong"]), str(s["not_placed"]), auc,
+            f"{s['seconds']:.0f}"]
 
 
 def table(summary: dict, cfg: BenchConfig) -> str:
-    head = ("| scene | subsets / views | ours: correct | wrong | not placed | AUC@15 | s "
-            "| COLMAP: correct | wrong | not placed | AUC@15 | s |")
-    lines = [head, "|" + "---|" * 12]
+    head = ("| scene | subsets / views | ours: correct | 5-15 deg | wrong | not placed | AUC@15 | s "
+            "| COLMAP: correct | 5-15 deg | wrong | not placed | AUC@15 | s |")
+    lines = [head, "|" + "---|" * 14]
     for scene, s in summary.items():
         cells = [scene, f"{s['subsets']} / {s['ours']['views']}", *_fmt_row("ours", s["ours"]),
                  *_fmt_row("colmap", s.get("colmap"))]
@@ -318,12 +322,16 @@ def main(cfg: BenchConfig) -> dict:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    if cfg.colmap:
+    if cfg.load is not None:
+        saved = json.loads(cfg.load.read_text())
+        cfg.max_side, cfg.per_scene = saved["config"]["max_side"], saved["config"]["per_scene"]
+        cfg.colmap = all("colmap" in r for r in saved["subsets"])
+    elif cfg.colmap:
         import pycolmap
 
         pycolmap.logging.minloglevel = 2  # errors only: COLMAP logs every step
-    rows = []
-    for scene in cfg.scenes:
+    rows = saved["subsets"] if cfg.load is not None else []
+    for scene in cfg.scenes if cfg.load is None else ():
         if not (cfg.data / scene).is_dir():
             log(f"{scene}: not found under {cfg.data}, skipped")
             continue
