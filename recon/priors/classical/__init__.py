@@ -5,7 +5,9 @@ Part 1, cameras: :func:`run_sfm` (the driver, ``sfm.py``) built on SIFT/RootSIFT
 ``verification.py``, ``focal.py``), feature tracks (``tracks.py``), the model being built
 (``sfm_model.py``), view registration (``registration.py``), guided matching (``guided.py``), bundle
 adjustment (``bundle.py``) and the result (``sfm_result.py``).
-Part 2, dense point maps for those cameras: ``dense.py``; ``prior.py`` joins both into the ``Prior``.
+Part 2, dense point maps for those cameras: ``dense.py`` (the driver) on the plane sweep
+(``plane_sweep.py``) and its consistency filter (``consistency.py``); ``prior.py`` joins both into the
+``Prior``.
 """
 
 from recon.lazy import lazy_names  # light package: the CLI parses without torch
