@@ -211,6 +211,30 @@ def initialize(n: int, preds: list[PairPrediction], cfg: AlignConfig):
     return edge_sim, focal, c2w, depth, order
 
 
+def _edge_data(
+    preds: list[PairPrediction], edges: list[int], device: torch.device, cfg: AlignConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The edges' data stacked as (E, 2, H, W, ...), slot 0 the pair's first view and slot 1 its second:
+    views (E, 2), points X (E, 2, H, W, 3), confidences (E, 2, H, W) (clamped at 1e3) and their loss
+    weights (``conf ** conf_power`` above ``conf_min``, else 0)."""
+    views = torch.tensor([[preds[k].i, preds[k].j] for k in edges], device=device)
+    X = torch.stack([torch.stack([preds[k].pts_i, preds[k].pts_j]) for k in edges]).to(device, torch.float32)
+    conf = torch.stack([torch.stack([preds[k].conf_i, preds[k].conf_j]) for k in edges])
+    conf = conf.to(device, torch.float32).clamp(max=1e3)
+    weight = torch.where(conf > cfg.conf_min, conf**cfg.conf_power, torch.zeros_like(conf))
+    return views, X, conf, weight
+
+
+def _view_conf(n: int, views: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:
+    """Confidence (N, H, W) of each view: the best over the edges that contain it."""
+    best = torch.zeros(n, *conf.shape[-2:], device=conf.device)
+    for e in range(views.shape[0]):
+        for slot in range(2):
+            v = int(views[e, slot])
+            best[v] = torch.maximum(best[v], conf[e, slot])
+    return best
+
+
 def global_align(n: int, preds: list[PairPrediction], cfg: AlignConfig | None = None) -> AlignResult:
     """Align pairwise predictions over ``n`` views; every view must appear as the first view of some pair
     (run the network on both orders (i, j) and (j, i), as the standard symmetric pair graph does).
@@ -239,12 +263,7 @@ def global_align(n: int, preds: list[PairPrediction], cfg: AlignConfig | None = 
     t_edge = param(torch.stack([edge_sim[k][2] for k in edges]))
     mean_log_s0 = log_s.detach().mean()
 
-    # Edge data stacked as (E, 2, H, W, ...): slot 0 is the pair's first view, slot 1 its second.
-    views = torch.tensor([[preds[k].i, preds[k].j] for k in edges], device=device)
-    X = torch.stack([torch.stack([preds[k].pts_i, preds[k].pts_j]) for k in edges]).to(device, torch.float32)
-    conf = torch.stack([torch.stack([preds[k].conf_i, preds[k].conf_j]) for k in edges])
-    conf = conf.to(device, torch.float32).clamp(max=1e3)
-    weight = torch.where(conf > cfg.conf_min, conf**cfg.conf_power, torch.zeros_like(conf))
+    views, X, conf, weight = _edge_data(preds, edges, device, cfg)
     norm = float(weight.sum()) or 1.0
 
     def world_points(log_depth, log_focal, q_view, t_view):
@@ -281,17 +300,12 @@ def global_align(n: int, preds: list[PairPrediction], cfg: AlignConfig | None = 
         loss = float(loss_fn())
         P = world_points(log_depth, log_focal, q_view, t_view)
         c2w = make_rigid(quat_to_rotmat(q_view), t_view)
-        best = torch.zeros(n, H, W, device=device)
-        for e in range(len(edges)):  # confidence of a view: the best over the edges that contain it
-            for slot in range(2):
-                v = int(views[e, slot])
-                best[v] = torch.maximum(best[v], conf[e, slot])
     return AlignResult(
         c2w=c2w.float(),
         focal=torch.exp(log_focal.detach()).float(),
         depth=torch.exp(log_depth.detach()).float(),
         pointmaps=P.float(),
-        conf=best,
+        conf=_view_conf(n, views, conf),
         loss=loss,
         tree=[(a, b) for _, a, b in order],
     )
