@@ -246,7 +246,7 @@ def check_kind(state_dict: Mapping[str, Tensor], kind: str, path: str | Path) ->
 
 
 def _network_config(config: Mapping | None, state_dict: Mapping[str, Tensor], base: Any, path: str | Path):
-    from recon.priors.networks.dust3r import config_from_dict
+    from recon.priors.networks.dust3r_config import config_from_dict
 
     try:
         return config_from_dict(config, state_dict, base)
@@ -268,7 +268,7 @@ def build_mast3r(
     state_dict: Mapping[str, Tensor], config: Mapping | None = None, path: str | Path = "checkpoint"
 ) -> nn.Module:
     """A :class:`~recon.priors.networks.mast3r.MASt3R` in eval mode with ``state_dict`` loaded strictly."""
-    from recon.priors.networks.dust3r import mast3r_default_config
+    from recon.priors.networks.dust3r_config import mast3r_default_config
     from recon.priors.networks.mast3r import MASt3R
 
     check_kind(state_dict, "mast3r", path)

@@ -66,7 +66,7 @@ from recon.priors.align import PairPrediction, global_align
 from recon.priors.base import PriorResult
 from recon.priors.checkpoints import load_network
 from recon.priors.config import LearnedConfig
-from recon.priors.networks.dust3r import NetworkCrop, prepare_image
+from recon.priors.networks.network_input import NetworkCrop, prepare_image
 from recon.views import Views
 
 LearnedKind = Literal["dust3r", "mast3r", "vggt"]

@@ -3,7 +3,8 @@
 - :mod:`.layers`: generic ViT pieces (Mlp, Attention with RoPE, CrossAttention, Block, DecoderBlock,
   PatchEmbed, LayerScale, unpatchify); :mod:`.rope`: 2D rotary position embedding.
 - :mod:`.croco`: the CroCo two-view encoder/decoder backbone; :mod:`.dpt`: the DUSt3R-style DPT head.
-- :mod:`.dust3r`: :class:`DUSt3R`, :class:`Dust3RConfig`, input preparation;
+- :mod:`.dust3r`: :class:`DUSt3R` (its heads and output activations); :mod:`.dust3r_config`:
+  :class:`Dust3RConfig`; :mod:`.network_input`: input preparation and :class:`NetworkCrop`;
   :mod:`.mast3r`: :class:`MASt3R`.
 
 Reading checkpoint files (and the ReconError messages for bad files) lives in

@@ -19,14 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from recon.priors.networks.dust3r import (
-    DUSt3R,
-    Dust3RConfig,
-    apply_conf_mode,
-    make_dpt,
-    mast3r_default_config,
-    postprocess_pts3d,
-)
+from recon.priors.networks.dust3r import DUSt3R, apply_conf_mode, make_dpt, postprocess_pts3d
+from recon.priors.networks.dust3r_config import Dust3RConfig, mast3r_default_config
 from recon.priors.networks.layers import Mlp, unpatchify
 
 

@@ -39,7 +39,7 @@ def pose_encoding_to_w2c_K(pose_enc: Tensor, image_size: tuple[int, int]) -> tup
     """Pose encodings (..., 9) of an (H, W) network input -> ``(w2c (..., 4, 4), K (..., 3, 3))``.
 
     ``w2c`` is the project's world-to-camera (OpenCV) matrix, ``K`` is in pixels of the (H, W) image
-    (map it to the original photo with :meth:`~recon.priors.networks.dust3r.NetworkCrop.K_to_image`).
+    (map it to the original photo with :meth:`~recon.priors.networks.network_input.NetworkCrop.K_to_image`).
     """
     if pose_enc.shape[-1] != 9:
         raise ValueError(f"a VGGT pose encoding has 9 values, got shape {tuple(pose_enc.shape)}")

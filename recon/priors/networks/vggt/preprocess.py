@@ -6,7 +6,7 @@ then keeps the central 518 rows of taller (portrait) results. In ``'pad'`` mode 
 518, the short side is rounded to a multiple of 14 likewise, and the result is centred on a 518 x 518
 white (1.0) canvas. Pixels are in [0, 1]; the ImageNet normalisation happens inside the network.
 
-The resize + crop/pad is recorded as a :class:`~recon.priors.networks.dust3r.NetworkCrop` (a per-axis
+The resize + crop/pad is recorded as a :class:`~recon.priors.networks.network_input.NetworkCrop` (a per-axis
 scale and an offset: a crop has a positive offset, padding a negative one), which maps K and per-pixel
 maps between the network input and the original image.
 """
@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from recon.errors import ReconError
-from recon.priors.networks.dust3r import NetworkCrop
+from recon.priors.networks.network_input import NetworkCrop
 from recon.priors.networks.vggt.pose_encoding import pose_encoding_to_w2c_K
 
 PreprocessMode = Literal["crop", "pad"]
